@@ -56,8 +56,7 @@ VARIANTS = ("base", "dropout", "mixup", "dropout-mixup", "ssmix") + DROPMIX_VARI
 MIXING_VARIANTS = ("mixup", "dropout-mixup", "ssmix") + DROPMIX_VARIANTS
 # Section 5.3: "the beta distribution parameter alpha is set at 0.1 for Mixup"; DropMix's
 # main setting here is 0.25 (the paper searched {0.025, 0.05, 0.1, 0.25, 0.5, 1}).
-DEFAULT_ALPHA = {"mixup": 0.1, "dropout-mixup": 0.1, "ssmix": 0.25,
-                 **{v: 0.25 for v in DROPMIX_VARIANTS}}
+DEFAULT_ALPHA = {"mixup": 0.1, "dropout-mixup": 0.1, **{v: 0.25 for v in DROPMIX_VARIANTS}}
 # Section 5.2: Bert = dropout layers off; Bert-Mixup "replaces the Dropout layer with Mixup";
 # the others keep BERT's standard dropout, p = 0.1 (section 5.3).
 MODEL_DROPOUT = {"base": 0.0, "mixup": 0.0}
@@ -193,7 +192,7 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
         raise UsageError("--task is required, e.g. --task trec.")
     mixing = args.variant in MIXING_VARIANTS
     alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.variant)
-    if alpha is not None and not alpha > 0:
+    if args.alpha is not None and not args.alpha > 0:
         raise UsageError(f"--alpha must be > 0 (Beta(alpha, alpha)), got {alpha}.")
     if not 0 < args.train_fraction <= 1:
         raise UsageError(f"--train-fraction must be in (0, 1], got {args.train_fraction}.")
@@ -222,7 +221,9 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
         seeds = [args.seed]
     dropout = args.dropout if args.dropout is not None else \
         MODEL_DROPOUT.get(args.variant, STANDARD_DROPOUT)
-    return [RunConfig(task=args.task, variant=args.variant, alpha=alpha if mixing else None,
+    if args.variant not in DEFAULT_ALPHA:  # base, dropout and ssmix draw no lam
+        alpha = None
+    return [RunConfig(task=args.task, variant=args.variant, alpha=alpha,
                       model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, max_len=args.max_len, seed=seed,
                       train_fraction=args.train_fraction, dropout=dropout, n_range=n_range,
@@ -315,6 +316,7 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
+    hf_logging.disable_progress_bar()
     source = str(default_model_dir()) if name == DEFAULT_MODEL else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -338,6 +340,7 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
 class StepResult:
     loss: float            # the step's training loss (mean of clean and mixed for mixing variants)
     label_weight: float    # mean r of the mixed batch: the share that came from the partner
+    mixed: bool            # whether there was a mixed batch (a batch of one has no partner)
     mask_seconds: float    # time spent building the mixed input (mask, spans, interpolation)
     unmixed: int           # ssmix: examples whose partner was too short to give a span
 
@@ -352,7 +355,7 @@ def plain_step(model, batch, loss_scale: float, bf16: bool) -> StepResult:
         logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
     loss = F.cross_entropy(logits.float(), batch["labels"])
     (loss * loss_scale).backward()
-    return StepResult(loss.item(), 0.0, 0.0, 0)
+    return StepResult(loss.item(), 0.0, False, 0.0, 0)
 
 
 def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
@@ -404,7 +407,7 @@ def mixing_step(config: RunConfig, model, batch, loss_scale: float,
             logits = model(**kwargs).logits
         loss_mixed = mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)
         (loss_mixed * loss_scale / 2).backward()
-    return StepResult((loss_clean.item() + loss_mixed.item()) / 2, float(r.mean()),
+    return StepResult((loss_clean.item() + loss_mixed.item()) / 2, float(r.mean()), True,
                       mask_seconds, unmixed)
 
 
@@ -621,7 +624,8 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
-        totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0, "steps": 0}
+        totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0,
+                  "mixed": 0, "steps": 0}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not (progress and procs.main), dynamic_ncols=True)
         for i, batch in enumerate(bar):
@@ -645,16 +649,19 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            for key in ("loss", "label_weight", "mask_seconds", "unmixed"):
+            for key in ("loss", "label_weight", "mask_seconds", "unmixed", "mixed"):
                 totals[key] += getattr(step, key)
             totals["steps"] += 1
             bar.set_postfix(loss=f"{totals['loss'] / totals['steps']:.3f}")
         train_seconds = time.perf_counter() - started
 
         record = {"epoch": epoch + 1, "train_loss": totals["loss"] / totals["steps"],
-                  "mean_label_weight": totals["label_weight"] / totals["steps"] if mixing else None,
+                  # mean r over the mixed batches: how much each variant really mixes
+                  "mean_label_weight": totals["label_weight"] / max(totals["mixed"], 1)
+                  if mixing else None,
+                  "batches_without_partner": totals["steps"] - totals["mixed"] if mixing else 0,
                   "unmixed_examples": totals["unmixed"],
-                  "mask_seconds_per_step": totals["mask_seconds"] / totals["steps"],
+                  "mask_seconds_per_batch": totals["mask_seconds"] / max(totals["mixed"], 1),
                   "train_seconds": train_seconds,
                   "seconds_per_step": train_seconds / steps_per_epoch}
         if encoded_select is not None:
