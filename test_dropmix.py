@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import urllib.error
 import urllib.request
@@ -441,3 +440,473 @@ def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "TREC.train.all" in errors[0]
+
+
+# =============================================================================================
+# data.py: the loaders on the real files (section 5.1) and on files written here
+# =============================================================================================
+
+def label_counts(examples):
+    counts = collections.Counter(example.label for example in examples)
+    return [counts[label] for label in range(max(counts) + 1)]
+
+
+# ---------------------------------------------------------------- real files
+
+# task -> (train, select or None, report, train class counts, report class counts)
+EXPECTED_SPLITS = {
+    "trec": (5452, None, 500, [1162, 1250, 86, 1223, 835, 896], [138, 94, 9, 65, 81, 113]),
+    "sst1": (8544, 1101, 2210, [1092, 2218, 1624, 2322, 1288], [279, 633, 389, 510, 399]),
+    "sst2-sent": (6920, 872, 1821, [3310, 3610], [912, 909]),
+    "sst2": (67349, None, 872, [29780, 37569], [428, 444]),
+    "mrpc": (3668, None, 408, [1194, 2474], [129, 279]),
+    "rte": (2490, None, 277, [1249, 1241], [146, 131]),
+    "cola": (8551, None, 1043, [2528, 6023], [322, 721]),
+}
+
+# task -> (split list, index, expected example)
+KNOWN_EXAMPLES = {
+    "trec": ("train", 0, data.Example(
+        "How did serfdom develop in and then leave Russia ?", None, 0)),
+    "sst1": ("select", 0, data.Example(
+        "in his first stab at the form , jacquot takes a slightly anarchic approach that works "
+        "only sporadically .", None, 2)),
+    "sst2-sent": ("select", 0, data.Example("one long string of cliches .", None, 0)),
+    "sst2": ("train", 0, data.Example("hide new secretions from the parental units ", None, 0)),
+    "mrpc": ("report", 0, data.Example(
+        "He said the foodservice pie business doesn 't fit the company 's long-term growth "
+        "strategy .",
+        '" The foodservice pie business does not fit our long-term growth strategy .', 1)),
+    "rte": ("train", 0, data.Example(
+        "No Weapons of Mass Destruction Found in Iraq Yet.",
+        "Weapons of Mass Destruction Found in Iraq.", 1)),
+    "cola": ("train", 0, data.Example(
+        "Our friends won't buy this analysis, let alone the next one we propose.", None, 1)),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("task", sorted(EXPECTED_SPLITS))
+def test_split_tasks_match_readme(task):
+    n_train, n_select, n_report, train_counts, report_counts = EXPECTED_SPLITS[task]
+    loaded = data.load_task(task, DATA)
+    assert len(loaded.train) == n_train
+    assert (None if loaded.select is None else len(loaded.select)) == n_select
+    assert len(loaded.report) == n_report
+    assert label_counts(loaded.train) == train_counts
+    assert label_counts(loaded.report) == report_counts
+    assert loaded.select_name == ("dev" if n_select else None)
+    assert loaded.report_name == ("test" if task in ("trec", "sst1", "sst2-sent") else "dev")
+    assert loaded.spec.is_pair == (task in ("mrpc", "rte"))
+    split, index, expected = KNOWN_EXAMPLES[task]
+    assert getattr(loaded, split)[index] == expected
+
+
+@needs_data
+def test_trec_cp1252_byte_and_label_names():
+    train = data.read_split(data.TASKS["trec"], "train", DATA)
+    assert "sister\u00f0city" in train[65].text_a  # file line 66, byte 0xF0
+    assert data.TASKS["trec"].label_names == ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM")
+
+
+@needs_data
+def test_mr_keeps_10662_lines_despite_nel_bytes():
+    everything = data.read_split(data.TASKS["mr"], "all", DATA)
+    assert len(everything) == 10662
+    assert label_counts(everything) == [5331, 5331]
+    assert everything[0] == data.Example("simplistic , silly and tedious . ", None, 0)
+    assert any("\u2026" in example.text_a for example in everything)  # 0x85 -> "…"
+    assert not any("\x85" in example.text_a for example in everything)
+
+
+@needs_data
+def test_mrpc_text_has_no_bom():
+    train = data.read_split(data.TASKS["mrpc"], "train", DATA)
+    assert train[0].text_a.startswith("Amrozi accused his brother")
+    assert not any("\ufeff" in example.text_a for example in train[:5])
+
+
+@needs_data
+def test_qnli_dev():
+    dev = data.read_split(data.TASKS["qnli"], "dev", DATA)
+    assert len(dev) == 5463
+    assert label_counts(dev) == [2702, 2761]
+    assert dev[0].text_a == "What came into force after the new constitution was herald?"
+    assert dev[0].label == 0
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "task, total, counts, blank_lines",
+    [
+        ("mr", 10662, [5331, 5331], []),
+        ("cr", 3771, [1366, 2405], [769, 1368, 3691, 3775]),
+        ("subj", 10000, [5000, 5000], []),
+        ("mpqa", 10603, [7292, 3311], [6415, 7294, 10606]),
+    ],
+)
+def test_holdout_tasks(task, total, counts, blank_lines, capsys):
+    loaded = data.load_task(task, DATA)
+    warnings = capsys.readouterr().err.splitlines()
+    relative_path = data.TASKS[task].file_for("all")
+    assert warnings == [
+        f"warning: {relative_path} line {line}: blank example dropped" for line in blank_lines
+    ]
+    assert loaded.select is None and loaded.report_name == "test"
+    assert len(loaded.train) + len(loaded.report) == total
+    assert len(loaded.report) == -(-total // 10)  # sklearn rounds the test size up
+    totals = [a + b for a, b in zip(label_counts(loaded.train), label_counts(loaded.report))]
+    assert totals == counts
+    for label, count in enumerate(counts):  # stratified: each class split 90/10 (+-1)
+        assert abs(label_counts(loaded.report)[label] - count / 10) <= 1
+
+
+@needs_data
+def test_mr_split_is_9595_1067_and_fixed():
+    first = data.load_task("mr", DATA)
+    second = data.load_task("mr", DATA)
+    assert (len(first.train), len(first.report)) == (9595, 1067)
+    assert first.train == second.train and first.report == second.report
+
+
+def test_holdout_indices_fixed_disjoint_stratified():
+    labels = [0] * 700 + [1] * 250 + [2] * 50
+    train_a, test_a = data.holdout_split_indices(labels)
+    train_b, test_b = data.holdout_split_indices(labels)
+    assert (train_a, test_a) == (train_b, test_b)
+    assert not set(train_a) & set(test_a)
+    assert sorted(train_a + test_a) == list(range(1000))
+    assert collections.Counter(labels[i] for i in test_a) == {0: 70, 1: 25, 2: 5}
+
+
+# ---------------------------------------------------------------- subsample
+
+def make_examples(counts):
+    return [
+        data.Example(f"text {label} {i}", None, label)
+        for label, count in enumerate(counts)
+        for i in range(count)
+    ]
+
+
+@needs_data
+def test_subsample_trec_ten_percent():
+    train = data.load_task("trec", DATA).train
+    small = data.subsample(train, 0.1)
+    assert len(small) == 545
+    assert small == data.subsample(train, 0.1)  # deterministic
+    for full, part in zip(label_counts(train), label_counts(small)):
+        assert abs(part - full / 10) <= 1  # stratified
+
+
+def test_subsample_stratified_deterministic_and_full():
+    examples = make_examples([600, 300, 100])
+    half = data.subsample(examples, 0.5)
+    assert label_counts(half) == [300, 150, 50]
+    assert half == data.subsample(examples, 0.5)
+    assert half != data.subsample(examples, 0.5, seed=7)
+    assert data.subsample(examples, 1.0) == examples
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan")])
+def test_subsample_rejects_bad_fraction(fraction):
+    with pytest.raises(data.DataError, match="fraction"):
+        data.subsample(make_examples([10, 10]), fraction)
+
+
+def test_subsample_too_small_is_data_error():
+    with pytest.raises(data.DataError, match="cannot keep all 3 classes"):
+        data.subsample(make_examples([10, 10, 10]), 0.05)  # 1 example, 3 classes
+    with pytest.raises(data.DataError):
+        data.subsample([], 0.5)
+
+
+# ---------------------------------------------------------------- file formats
+
+MNLI_HEADER = (
+    "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+    "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+)
+MNLI_DEV_HEADER = MNLI_HEADER.replace("label1\t", "label1\tlabel2\tlabel3\tlabel4\tlabel5\t")
+
+
+def mnli_row(index, premise, hypothesis, labels):
+    parses = ["( x )"] * 4
+    fields = [str(index), "1", f"{index}e", "fiction", *parses, premise, hypothesis, *labels]
+    return "\t".join(fields)
+
+
+def write(path, text, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+
+
+def test_mnli_official_format(tmp_path):
+    write(tmp_path / "glue/mnli/train.tsv", "\n".join([
+        MNLI_HEADER,
+        mnli_row(0, 'He said "yes".', "He agreed.", ["entailment", "entailment"]),
+        mnli_row(1, "A cat.", "A dog.", ["contradiction", "contradiction"]),
+        mnli_row(2, "It rains.", "It is May.", ["neutral", "neutral"]),
+    ]) + "\n")
+    write(tmp_path / "glue/mnli/dev_matched.tsv", "\n".join([
+        MNLI_DEV_HEADER,
+        # annotators disagree in label1..label5; only the last column counts
+        mnli_row(0, "P.", "H.",
+                 ["neutral", "entailment", "entailment", "neutral", "neutral", "neutral"]),
+    ]) + "\n")
+    loaded = data.load_task("mnli", tmp_path)
+    assert loaded.spec.label_names == ("entailment", "neutral", "contradiction")
+    assert loaded.train == [
+        data.Example('He said "yes".', "He agreed.", 0),
+        data.Example("A cat.", "A dog.", 2),
+        data.Example("It rains.", "It is May.", 1),
+    ]
+    assert loaded.report == [data.Example("P.", "H.", 1)]
+    assert loaded.report_name == "dev" and loaded.select is None
+
+
+def test_qqp_official_format(tmp_path):
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+    write(tmp_path / "glue/qqp/train.tsv",
+          f"{header}\n1\t1\t2\tHow do I cook rice?\tHow to cook rice?\t1\n"
+          f"2\t3\t4\tWhat is AI?\tWho is Bob?\t0\n")
+    write(tmp_path / "glue/qqp/dev.tsv", f"{header}\n3\t5\t6\tA?\tB?\t0\n")
+    loaded = data.load_task("qqp", tmp_path)
+    assert loaded.train[0] == data.Example("How do I cook rice?", "How to cook rice?", 1)
+    assert label_counts(loaded.train) == [1, 1] and len(loaded.report) == 1
+
+
+def test_qnli_train_official_format(tmp_path):
+    header = "index\tquestion\tsentence\tlabel"
+    write(tmp_path / "glue/qnli/train.tsv", f"{header}\n0\tWho?\tHe did.\tnot_entailment\n")
+    train = data.read_split(data.TASKS["qnli"], "train", tmp_path)
+    assert train == [data.Example("Who?", "He did.", 1)]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("0 fine\nx bad label\n", "line 2: label 'x' is not one of 0..5"),
+        ("0 fine\n7 out of range\n", "line 2: label '7' is not one of 0..5"),
+        ("0 fine\n1\n", "line 2: missing space after the label"),
+        ("0 fine\n\n1 after an empty line\n", "line 2: line is empty"),
+    ],
+)
+def test_malformed_label_text_line(tmp_path, content, problem):
+    write(tmp_path / "trec/TREC.train.all", content)
+    with pytest.raises(data.DataError, match=f"trec/TREC.train.all {problem}"):
+        data.read_split(data.TASKS["trec"], "train", tmp_path)
+
+
+def test_malformed_tsv_lines(tmp_path):
+    write(tmp_path / "glue/rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\n")
+    with pytest.raises(data.DataError, match="glue/rte/train.tsv line 2: expected 4 tab-separated"):
+        data.read_split(data.TASKS["rte"], "train", tmp_path)
+    write(tmp_path / "glue/rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tyes\n")
+    with pytest.raises(data.DataError, match="line 2: label 'yes' is not one of entailment"):
+        data.read_split(data.TASKS["rte"], "train", tmp_path)
+    write(tmp_path / "glue/rte/train.tsv", "idx\ts1\ts2\tlabel\n")
+    with pytest.raises(data.DataError, match="line 1: header has no column 'sentence1'"):
+        data.read_split(data.TASKS["rte"], "train", tmp_path)
+
+
+def test_cola_has_no_header_and_needs_no_final_newline(tmp_path):
+    write(tmp_path / "glue/cola/dev.tsv", "gj04\t0\t*\tThey drank the pub.\ngj04\t1\t\tOk.")
+    dev = data.read_split(data.TASKS["cola"], "dev", tmp_path)
+    assert dev == [data.Example("They drank the pub.", None, 0), data.Example("Ok.", None, 1)]
+
+
+def test_wrong_encoding_names_file_and_line(tmp_path):
+    write(tmp_path / "trec/TREC.train.all", b"0 fine\n1 also fine\n2 bad \x81 byte\n")
+    expected = r"trec/TREC.train.all line 3: byte 0x81 is not valid cp1252"
+    with pytest.raises(data.DataError, match=expected):
+        data.read_split(data.TASKS["trec"], "train", tmp_path)
+    write(tmp_path / "glue/mrpc/train.tsv",
+          b"\xef\xbb\xbfQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\t\xe9\n")
+    expected = r"glue/mrpc/train.tsv line 2: byte 0xE9 is not valid utf-8-sig"
+    with pytest.raises(data.DataError, match=expected):
+        data.read_split(data.TASKS["mrpc"], "train", tmp_path)
+
+
+def test_blank_examples_dropped_with_warning(tmp_path, capsys):
+    write(tmp_path / "cr/custrev.all", "0 good text\n1 \n1 more\n0  \n")
+    examples = data.read_split(data.TASKS["cr"], "all", tmp_path)
+    assert examples == [data.Example("good text", None, 0), data.Example("more", None, 1)]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: cr/custrev.all line 2: blank example dropped",
+        "warning: cr/custrev.all line 4: blank example dropped",
+    ]
+    write(tmp_path / "glue/rte/train.tsv",
+          "index\tsentence1\tsentence2\tlabel\n0\ta\t\tentailment\n")
+    assert data.read_split(data.TASKS["rte"], "train", tmp_path) == []
+    assert "glue/rte/train.tsv line 2: blank example dropped" in capsys.readouterr().err
+
+
+def test_unknown_task_lists_known_ones(tmp_path):
+    with pytest.raises(data.DataError, match="Unknown task 'sst3'.*trec, sst1"):
+        data.load_task("sst3", tmp_path)
+    assert set(data.TASKS) == {
+        "trec", "sst1", "sst2", "sst2-sent", "mr", "cr", "subj", "mpqa",
+        "mrpc", "rte", "qnli", "mnli", "qqp", "cola",
+    }
+
+
+def test_resolve_data_dir(monkeypatch):
+    monkeypatch.setenv("DROPMIX_DATA", "/from/env")
+    assert data.resolve_data_dir("/from/cli") == Path("/from/cli")
+    assert data.resolve_data_dir(None) == Path("/from/env")
+    monkeypatch.delenv("DROPMIX_DATA")
+    assert data.resolve_data_dir(None) == Path.home() / ".cache" / "dropmix"
+
+
+# ---------------------------------------------------------------- downloads
+
+def test_no_network_names_files_and_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(data.DataError) as error:
+        data.load_task("trec", tmp_path / "empty")
+    message = str(error.value)
+    assert "trec/TREC.train.all" in message and "trec/TREC.test.all" in message
+    assert str(tmp_path / "empty") in message and "$DROPMIX_DATA" in message
+    assert message.count(". ") == 0  # one sentence
+    with pytest.raises(data.DataError, match="missing"):
+        data.ensure_files("trec", tmp_path / "empty", download=False)
+
+
+def mirror(monkeypatch, url_key, path):
+    monkeypatch.setitem(data.SOURCE_URLS, url_key, path.as_uri())
+
+
+@needs_data
+def test_download_from_file_mirror(tmp_path, monkeypatch):
+    for name in ("TREC.train.all", "TREC.test.all"):
+        shutil.copy(DATA / "trec" / name, tmp_path / name)
+        mirror(monkeypatch, name, tmp_path / name)
+    data_dir = tmp_path / "data"
+    loaded = data.load_task("trec", data_dir)
+    assert len(loaded.train) == 5452 and len(loaded.report) == 500
+    downloaded = (data_dir / "trec/TREC.test.all").read_bytes()
+    assert downloaded == (DATA / "trec/TREC.test.all").read_bytes()
+    assert sorted(p.name for p in (data_dir / "trec").iterdir()) == [
+        "TREC.test.all", "TREC.train.all"]
+
+
+@needs_data
+def test_corrupt_mirror_refused_and_not_left_behind(tmp_path, monkeypatch):
+    good, bad = tmp_path / "TREC.test.all", tmp_path / "TREC.train.all"
+    shutil.copy(DATA / "trec/TREC.test.all", good)
+    bad.write_bytes((DATA / "trec/TREC.train.all").read_bytes().replace(b"Russia", b"Prussia", 1))
+    mirror(monkeypatch, "TREC.test.all", good)
+    mirror(monkeypatch, "TREC.train.all", bad)
+    data_dir = tmp_path / "data"
+    with pytest.raises(data.DataError, match="TREC.train.all does not match its pinned SHA-256"):
+        data.ensure_files("trec", data_dir)
+    assert not (data_dir / "trec/TREC.train.all").exists()
+    assert not list((data_dir / "trec").glob("*.tmp"))
+
+
+@needs_data
+def test_corrupt_local_file_is_refused(tmp_path):
+    write(tmp_path / "trec/TREC.test.all", b"0 not the real file\n")
+    shutil.copy(DATA / "trec/TREC.train.all", tmp_path / "trec/TREC.train.all")
+    with pytest.raises(data.DataError, match="TREC.test.all does not match its pinned SHA-256"):
+        data.load_task("trec", tmp_path)
+
+
+@needs_data
+def test_download_glue_archive_from_mirror(tmp_path, monkeypatch):
+    archive = tmp_path / "RTE.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in ("train.tsv", "dev.tsv", "test.tsv"):
+            zipped.write(DATA / "glue/rte" / name, f"RTE/{name}")
+    mirror(monkeypatch, "RTE.zip", archive)
+    data_dir = tmp_path / "data"
+    loaded = data.load_task("rte", data_dir)
+    assert (len(loaded.train), len(loaded.report)) == (2490, 277)
+    assert sorted(p.name for p in (data_dir / "glue/rte").iterdir()) == ["dev.tsv", "train.tsv"]
+
+
+@needs_data
+def test_mrpc_built_like_glue_script(tmp_path, monkeypatch):
+    mirror(monkeypatch, "msr_paraphrase_train.txt", DATA / "glue/mrpc/msr_paraphrase_train.txt")
+    mirror(monkeypatch, "mrpc_dev_ids.tsv", DATA / "glue/mrpc/dev_ids.tsv")
+    data_dir = tmp_path / "data"
+    data.ensure_files("mrpc", data_dir)  # the pinned sums make this a byte-for-byte check
+    for name in ("train.tsv", "dev.tsv"):
+        built = hashlib.sha256((data_dir / "glue/mrpc" / name).read_bytes()).hexdigest()
+        assert built == data.SHA256[f"glue/mrpc/{name}"]
+
+
+def test_unpinned_download_is_noted(tmp_path, monkeypatch, capsys):
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    archive = tmp_path / "QQP-clean.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("QQP/train.tsv", header + "1\t1\t2\ta?\tb?\t1\n2\t3\t4\tc?\td?\t0\n")
+        zipped.writestr("QQP/dev.tsv", header + "3\t5\t6\te?\tf?\t0\n")
+    mirror(monkeypatch, "QQP-clean.zip", archive)
+    loaded = data.load_task("qqp", tmp_path / "data")
+    assert len(loaded.train) == 2 and len(loaded.report) == 1
+    assert "no SHA-256 is pinned for glue/qqp/train.tsv" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- encode / collate
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat a dog .".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    # transformers 5 ignores vocab_file=; loading the folder is what works.
+    return BertTokenizerFast.from_pretrained(str(tmp_path))
+
+
+def test_encode_single_texts_and_pad(tiny_tokenizer):
+    examples = [data.Example("the cat sat on the mat", None, 1), data.Example("a dog", None, 0)]
+    encoded = data.encode(examples, tiny_tokenizer)
+    assert encoded[1] == {
+        "input_ids": [2, 10, 11, 3],
+        "attention_mask": [1, 1, 1, 1],
+        "token_type_ids": [0, 0, 0, 0],
+        "special_tokens_mask": [1, 0, 0, 1],
+        "labels": 0,
+    }
+    batch = data.make_collate(tiny_tokenizer)(encoded)
+    assert batch["input_ids"].shape == (2, 8)  # the longest in the batch, not max_len
+    assert batch["input_ids"][1].tolist() == [2, 10, 11, 3, 0, 0, 0, 0]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert batch["special_tokens_mask"][1].tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
+    assert all(tensor.dtype == torch.long for tensor in batch.values())
+
+
+def test_encode_pairs_and_truncation(tiny_tokenizer):
+    examples = [
+        data.Example("the cat sat", "on the mat .", 1),
+        data.Example("a dog", "the dog", 0),
+    ]
+    encoded = data.encode(examples, tiny_tokenizer, max_len=8)
+    assert all(len(item["input_ids"]) <= 8 for item in encoded)
+    assert len(encoded[0]["input_ids"]) == 8  # 3 + 4 words + 3 specials, truncated
+    assert encoded[1]["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
+    assert encoded[1]["special_tokens_mask"] == [1, 0, 0, 1, 0, 0, 1]
+    batch = data.make_collate(tiny_tokenizer)(encoded)
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 0]]
+    assert batch["special_tokens_mask"][1].tolist() == [1, 0, 0, 1, 0, 0, 1, 1]
+
+
+def test_collate_matches_tokenizer_pad(tiny_tokenizer):
+    examples = [data.Example("the cat", None, 1), data.Example("a dog sat on the mat", None, 0)]
+    encoded = data.encode(examples, tiny_tokenizer)
+    ours = data.make_collate(tiny_tokenizer)(encoded)
+    theirs = tiny_tokenizer.pad([dict(item) for item in encoded], return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "labels"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_encode_refuses_mixed_pairs(tiny_tokenizer):
+    with pytest.raises(ValueError):
+        data.encode([data.Example("a", None, 0), data.Example("a", "b", 0)], tiny_tokenizer)
