@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward passes under bf16 autocast (saliency and mask stay fp32)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last complete checkpoint in the output folder")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="end this invocation once EPOCHS epochs are done in total, keeping the "
+                        "checkpoint for --resume (for time-limited jobs)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run found in the output folder")
     p.add_argument("--no-save-model", action="store_true",
@@ -203,6 +206,8 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
                         ("--grad-accum", args.grad_accum), ("--window-width", args.window_width)):
         if value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}.")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UsageError(f"--stop-after must be a positive number of epochs, got {args.stop_after}.")
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}.")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -318,6 +323,10 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
     hf_logging.disable_progress_bar()
     source = str(default_model_dir()) if name == DEFAULT_MODEL else name
+    # "org/name" may be a hub id; anything else with a slash or a leading . / ~ is a folder
+    looks_like_folder = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_folder and not Path(name).expanduser().is_dir():
+        raise UsageError(f"the model folder {name} does not exist.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -561,8 +570,9 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
 
 def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
               resume: bool = False, overwrite: bool = False, save_model: bool = True,
-              progress: bool = True) -> dict:
-    """Train one seed; returns (and writes to out/results.json) the results."""
+              progress: bool = True, stop_after: int | None = None) -> dict | None:
+    """Train one seed; returns (and writes to out/results.json) the results, or None when
+    `stop_after` ended the invocation early (the checkpoint stays for --resume)."""
     state = prepare_output_dir(out, resume, overwrite) if procs.main else "new"
     if procs.world > 1:
         shared = [state]
@@ -622,6 +632,10 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
     mixing = config.variant in MIXING_VARIANTS
     no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
     for epoch in range(start_epoch, config.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            if procs.main:
+                print(f"stopped after epoch {epoch} as asked; continue with --resume", flush=True)
+            return None
         sampler.set_epoch(epoch)
         started = time.perf_counter()
         totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0,
@@ -669,8 +683,9 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
             record[task.select_name] = compute_metrics(
                 config.task, labels, predict(model, encoded_select, collate, procs, 128, config.bf16))
         labels = [e["labels"] for e in encoded_report]
-        record[task.report_name] = compute_metrics(
-            config.task, labels, predict(model, encoded_report, collate, procs, 128, config.bf16))
+        predictions = predict(model, encoded_report, collate, procs, 128, config.bf16)
+        record[task.report_name] = compute_metrics(config.task, labels, predictions)
+        record[task.report_name]["examples"] = len(predictions)  # each counted once
         history.append(record)
         # Model selection only on a split that is not reported; otherwise the last epoch.
         score = record[task.select_name]["accuracy"] if encoded_select is not None else epoch
@@ -744,8 +759,10 @@ def main(argv: list[str] | None = None) -> int:
         for config in configs:
             results = train_run(config, task, base / f"seed-{config.seed}", procs,
                                 resume=args.resume, overwrite=args.overwrite,
-                                save_model=not args.no_save_model, progress=not args.no_progress)
-            finals.append(results["final"]["accuracy"])
+                                save_model=not args.no_save_model, progress=not args.no_progress,
+                                stop_after=args.stop_after)
+            if results is not None:
+                finals.append(results["final"]["accuracy"])
         if len(finals) > 1 and procs.main:
             mean, std = statistics.mean(finals), statistics.stdev(finals)
             print(f"{configs[0].task} {configs[0].variant}: {task.report_name} accuracy "
