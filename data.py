@@ -809,7 +809,8 @@ class _PadCollator:
     visible in one place (see _PAD_VALUES_BESIDES_IDS).
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, pad_to: int | None = None) -> None:
+        self.pad_to = pad_to or 0
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no padding token")
         self.pad_values = {
@@ -824,7 +825,7 @@ class _PadCollator:
         return padding + values if self.pad_left else values + padding
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(feature["input_ids"]) for feature in features)
+        longest = max(self.pad_to, *(len(feature["input_ids"]) for feature in features))
         batch = {
             key: torch.tensor(
                 [self._pad(feature[key], longest, pad_value) for feature in features],
@@ -838,6 +839,8 @@ class _PadCollator:
         return batch
 
 
-def make_collate(tokenizer: Any) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """A DataLoader collate_fn that pads :func:`encode` outputs into LongTensors."""
-    return _PadCollator(tokenizer)
+def make_collate(tokenizer: Any, pad_to: int | None = None
+                 ) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """A DataLoader collate_fn that pads :func:`encode` outputs into LongTensors, to the
+    longest example of the batch (or to `pad_to` tokens, if longer: the paper's fixed 128)."""
+    return _PadCollator(tokenizer, pad_to)

@@ -1070,3 +1070,26 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_bert, t
     assert "became nan at epoch 2, batch 2" in err
     checkpoint = torch.load(out / "seed-1/checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 1 and not (out / "seed-1/results.json").exists()
+
+
+def readme_block(marker: str) -> str:
+    """The fenced code block that follows `marker` in README.md."""
+    text = (HERE / "README.md").read_text()
+    after = text.split(marker, 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
+    namespace: dict = {}
+    exec(compile(readme_block("<!-- snippet:own-loop -->"), "README.md", "exec"), namespace)
+    model, tokenizer = tiny_classifier
+    model.train()
+    enc = tokenizer(["what is the river ?", "who was the first president", "how many",
+                     "where is the city"], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([0, 1, 2, 1])}  # no special_tokens_mask: a user's loader
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = namespace["dropmix_step"](model, batch, optimizer, tokenizer.all_special_ids)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())

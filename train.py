@@ -45,7 +45,7 @@ import data
 from mix import (dropmix, input_dropout, mixed_cross_entropy, mixing_region, mixup,
                  ordinary_tokens, partner, sample_lam, ssmix, token_segments)
 from patches import N_RANGE, window_shape
-from saliency import clean_step, model_inputs, word_embeddings
+from saliency import clean_step, model_inputs, saliency_map, word_embeddings
 
 # ---------------------------------------------------------------------------------------------
 # The variants of section 5.2 and the defaults of section 5.3
@@ -395,19 +395,25 @@ def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
 
 def mixing_step(config: RunConfig, model, batch, loss_scale: float,
                 no_sync: contextlib.AbstractContextManager,
-                final_sync: contextlib.AbstractContextManager) -> StepResult:
+                final_sync: contextlib.AbstractContextManager,
+                separate_saliency: bool = False) -> StepResult:
     """A mixing variant: clean pass (with the saliency map), mixed pass, both backward.
     Under DDP the clean backward runs in no_sync(), so gradients are reduced once per step,
     in the mixed backward (or later, when gradients are accumulated: then final_sync is
-    no_sync() too)."""
+    no_sync() too). `separate_saliency` spends an extra forward and backward on the map, as
+    a literal reading of the paper does; only the benchmark uses it, to show the saving."""
     device = batch["input_ids"].device
     if batch["input_ids"].shape[0] < 2:
         # A final batch of one example has no partner: it trains on its clean loss alone.
         with final_sync:
             return plain_step(model, batch, loss_scale, config.bf16)
     with no_sync:
-        loss_clean, saliency = clean_step(model, batch, loss_scale=loss_scale / 2,
-                                          autocast_dtype=torch.bfloat16 if config.bf16 else None)
+        if separate_saliency:
+            loss_clean = torch.tensor(plain_step(model, batch, loss_scale / 2, config.bf16).loss)
+            saliency = saliency_map(model, batch)
+        else:
+            loss_clean, saliency = clean_step(model, batch, loss_scale=loss_scale / 2,
+                                              autocast_dtype=torch.bfloat16 if config.bf16 else None)
     start = _now(device)
     kwargs, r, unmixed = mixed_inputs(config, model, batch, saliency.float())
     mask_seconds = _now(device) - start
@@ -740,6 +746,107 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
     return results
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The speed table: python train.py --task trec --benchmark 30
+# ---------------------------------------------------------------------------------------------
+
+SALIENCY_VARIANTS = ("ssmix",) + DROPMIX_VARIANTS
+
+
+def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
+    """The encoder to time: the given model, or bert-base's shape (12 layers, 768 wide) with
+    random weights and the default encoder's tokenizer (the same uncased 30,522 words)."""
+    tokenizer, model = load_encoder(model_name, label_names, STANDARD_DROPOUT)
+    if shape == "bert-base":
+        from transformers import BertConfig, BertForSequenceClassification
+        model = BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
+    return tokenizer, model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def time_variant(model, batches: list[dict], config: RunConfig, warmup: int,
+                 separate_saliency: bool = False) -> tuple[float, float]:
+    """Seconds per training step (forward, backward, clip, AdamW) and seconds per step
+    spent building the mixed input, over batches[warmup:]."""
+    optimizer, _ = build_optimizer(model, config, len(batches))
+    set_dropout(model, config.dropout)
+    null = contextlib.nullcontext
+    device = batches[0]["input_ids"].device
+    elapsed = mask = 0.0
+    for i, batch in enumerate(batches):
+        start = _now(device)
+        if config.variant in MIXING_VARIANTS:
+            result = mixing_step(config, model, batch, 1.0, null(), null(), separate_saliency)
+        else:
+            result = plain_step(model, batch, 1.0, config.bf16)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            elapsed += _now(device) - start
+            mask += result.mask_seconds
+    steps = len(batches) - warmup
+    return elapsed / steps, mask / steps
+
+
+def run_benchmark(args: argparse.Namespace, steps: int, warmup: int = 3) -> list[dict]:
+    """Time `steps` steps of every variant on the same batches, in one process."""
+    procs = setup_processes(args.device)
+    seed_everything(0)
+    task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+    tokenizer, model = benchmark_model(args.benchmark_shape, args.model, task.spec.label_names)
+    model.to(procs.device).train()
+    pad_to = args.max_len if args.benchmark_shape == "bert-base" else None
+    collate = data.make_collate(tokenizer, pad_to)
+    encoded = data.encode(task.train, tokenizer, args.max_len)
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = []
+    for i in range(warmup + steps):
+        chunk = [encoded[order[(i * args.batch_size + j) % len(order)]] for j in range(args.batch_size)]
+        batches.append({k: v.to(procs.device) for k, v in collate(chunk).items()})
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    precisions = [False]
+    if procs.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        precisions.append(True)
+    rows = []
+    for bf16 in precisions:
+        for variant in VARIANTS:
+            config = configs_from_args(build_parser().parse_args(
+                ["--task", args.task, "--variant", variant, "--batch-size", str(args.batch_size)]
+                + (["--bf16"] if bf16 else [])))[0]
+            timings = {}
+            for separate in (False, True) if variant in SALIENCY_VARIANTS else (False,):
+                model.load_state_dict(initial)
+                torch.manual_seed(0)
+                timings[separate] = time_variant(model, batches, config, warmup, separate)
+            rows.append({"variant": variant, "bf16": bf16, "seconds_per_step": timings[False][0],
+                         "mask_seconds_per_step": timings[False][1],
+                         "separate_saliency_seconds_per_step": timings.get(True, (None,))[0]})
+    return rows
+
+
+def print_benchmark(rows: list[dict], header: str) -> None:
+    print(header)
+    print("| variant | precision | s/step | x dropout | mask ms | mask % of step "
+          "| with a separate saliency pass: s/step | x dropout |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        plain = next(r["seconds_per_step"] for r in rows
+                     if r["variant"] == "dropout" and r["bf16"] == row["bf16"])
+        t, sep, mask = row["seconds_per_step"], row["separate_saliency_seconds_per_step"], row["mask_seconds_per_step"]
+        mixing = row["variant"] in MIXING_VARIANTS
+        print(f"| {row['variant']} | {'bf16' if row['bf16'] else 'fp32'} | {t:.4f} | {t / plain:.2f} "
+              f"| {1000 * mask:.2f} | {100 * mask / t:.1f}% |" if mixing else
+              f"| {row['variant']} | {'bf16' if row['bf16'] else 'fp32'} | {t:.4f} | {t / plain:.2f} | – | – |",
+              end="")
+        print(f" {sep:.4f} | {sep / plain:.2f} |" if sep is not None else " – | – |")
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -751,6 +858,16 @@ def default_output_dir(config: RunConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.benchmark is not None:
+            if args.task is None or args.benchmark < 1:
+                raise UsageError("--benchmark STEPS needs --task and STEPS >= 1.")
+            rows = run_benchmark(args, args.benchmark)
+            procs_device = rows and (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            env = provenance(torch.device(procs_device))
+            print_benchmark(rows, f"{args.benchmark} steps, batch {args.batch_size}, task {args.task}, "
+                                  f"shape {args.benchmark_shape} ({args.model if args.benchmark_shape == 'model' else 'random bert-base'}), "
+                                  f"{env['device_name']}, torch {env['torch']}")
+            return 0
         configs = configs_from_args(args)
         procs = setup_processes(args.device)
         task = data.load_task(configs[0].task, data.resolve_data_dir(args.data_dir))
