@@ -1093,3 +1093,88 @@ def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
     assert loss.ndim == 0 and math.isfinite(loss.item())
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+# =============================================================================================
+# The accuracy grid: the summary tables and the driver (results/grid.py)
+# =============================================================================================
+
+def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: float,
+                fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5) -> None:
+    config = {"task": "trec", "model": "all-MiniLM-L6-v2", "train_fraction": fraction,
+              "epochs": epochs, "variant": variant, "alpha": alpha, "seed": seed, "lr": lr}
+    results = {"config": config, "final": {"accuracy": accuracy},
+               "epochs": [{"mean_label_weight": 0.25 if alpha else None}],
+               "environment": {"commit": "abc123"}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results))
+
+
+def test_summary_means_stds_and_seed_counts(tmp_path):
+    for seed, acc in zip((1, 2, 3), (0.90, 0.92, 0.97)):
+        fake_result(tmp_path, f"g{seed}", "G", seed, acc, alpha=0.25)
+    fake_result(tmp_path, "d1", "dropout", 1, 0.95)
+    fake_result(tmp_path, "d1-10", "dropout", 1, 0.50, fraction=0.1, epochs=30)
+    settings = train.collect_results(tmp_path)
+    assert len(settings) == 2  # a different fraction and epochs is another table
+    cell = settings[("trec", "all-MiniLM-L6-v2", 1.0, 3)][("G", 0.25)]
+    mean, std = cell.mean_std()
+    assert sorted(cell.seeds) == [1, 2, 3]
+    assert mean == pytest.approx(93.0) and std == pytest.approx(3.605551, rel=1e-6)
+    table = train.format_tables(settings)
+    assert "| G | 0.25 | 93.00 +- 3.61 | 3 | 0.250 | 97.92 |" in table
+    assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
+    assert "| dropout | – | 50.00 | 1 | – |" in table
+    assert train.main(["--summarize", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.md").read_text() == table
+
+
+def test_summary_refuses_to_pool_different_runs(tmp_path, capsys):
+    fake_result(tmp_path / "a", "x", "G", 1, 0.9, alpha=0.25)
+    fake_result(tmp_path / "a", "y", "G", 2, 0.9, alpha=0.25, lr=5e-5)
+    assert train.main(["--summarize", str(tmp_path / "a")]) == 2
+    assert "differ in lr" in capsys.readouterr().err
+    fake_result(tmp_path / "b", "x", "G", 1, 0.9, alpha=0.25)
+    fake_result(tmp_path / "b", "y", "G", 1, 0.8, alpha=0.25)
+    assert train.main(["--summarize", str(tmp_path / "b")]) == 2
+    assert "both seed 1" in capsys.readouterr().err
+
+
+def load_grid_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grid", HERE / "results" / "grid.py")
+    module = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules["grid"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_plan_covers_the_issue():
+    grid = load_grid_module()
+    runs = grid.plan()
+    assert len({r.name for r in runs}) == len(runs) == 90
+    full = [r for r in runs if r.fraction == 1.0]
+    assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
+    assert all(r.alpha == train.DEFAULT_ALPHA.get(r.variant) for r in full)
+    assert {r.alpha for r in runs if r.fraction == 0.1 and r.variant == "G"} == {0.1, 0.25, 0.5, 1.0}
+
+
+@needs_data
+def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_path):
+    grid = load_grid_module()
+    runs = [grid.Run("dropout", None, 0.0118, 2, 1), grid.Run("G", 0.25, 0.0118, 2, 1)]
+    extra = ["--model", str(tiny_bert), "--data-dir", str(DATA), "--batch-size", "16",
+             "--device", "cpu"]
+    results_dir, work = tmp_path / "results", tmp_path / "work"
+    results_dir.mkdir()
+    (results_dir / f"{runs[0].name}.json").write_text("{}")  # finished before: skipped
+    # an interrupted run: one of its two epochs done, checkpoint kept
+    assert run_train(*runs[1].flags(), *extra, "--output-dir", work / runs[1].name,
+                     "--no-save-model", "--stop-after", "1", "--no-progress") == 0
+    grid.run_grid(runs, results_dir, work, extra)
+    assert (results_dir / f"{runs[0].name}.json").read_text() == "{}"
+    finished = json.loads((results_dir / f"{runs[1].name}.json").read_text())
+    assert [e["epoch"] for e in finished["epochs"]] == [1, 2]
+    assert "resuming" in (work / runs[1].name / "log.txt").read_text()
+    assert not (work / runs[0].name).exists()

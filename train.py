@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=int, default=None, metavar="STEPS",
                    help="instead of training, time STEPS steps of every variant and print "
                         "a table")
+    p.add_argument("--summarize", default=None, metavar="FOLDER",
+                   help="instead of training, write the tables (summary.md) and the sparse-data "
+                        "curve (curve.png) of the result files in FOLDER")
     p.add_argument("--benchmark-shape", choices=("model", "bert-base"), default="model",
                    help="benchmark the given model, or bert-base's shape with random weights")
     return p
@@ -493,12 +496,15 @@ def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
 # Files: atomic writes, checkpoints, provenance
 # ---------------------------------------------------------------------------------------------
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: never half a file."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+        f.write(text)
     os.replace(f.name, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def save_checkpoint_atomic(path: Path, payload: dict) -> None:
@@ -847,6 +853,144 @@ def print_benchmark(rows: list[dict], header: str) -> None:
               end="")
         print(f" {sep:.4f} | {sep / plain:.2f} |" if sep is not None else " – | – |")
 
+
+# ---------------------------------------------------------------------------------------------
+# The results tables: python train.py --summarize results/trec
+# ---------------------------------------------------------------------------------------------
+
+# Table 3 of the paper, TREC column (BERT-base-uncased, 5 seeds): the paper's numbers, with a
+# different encoder than this project's default, shown beside ours for orientation only.
+PAPER_TREC = {"base": 96.64, "dropout": 96.60, "mixup": 96.72, "dropout-mixup": 96.72,
+              "ssmix": 97.48, "U": 97.68, "C": 97.76, "W": 97.16, "G": 97.92}
+# A table's setting: results that differ in any of these never share a table.
+SETTING_FIELDS = ("task", "model", "train_fraction", "epochs")
+
+
+@dataclass
+class Cell:
+    """The runs of one variant (and alpha) in one setting: one per seed."""
+    seeds: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    label_weight: list[float] = field(default_factory=list)
+    commits: set = field(default_factory=set)
+    rest: dict | None = None   # every other config field: must agree within the cell
+    source: str = ""
+
+    def add(self, path: Path, results: dict, rest: dict) -> None:
+        config = results["config"]
+        if self.rest is not None and rest != self.rest:
+            differing = sorted(k for k in rest if rest[k] != self.rest.get(k))
+            raise UsageError(f"{path.name} and {self.source} differ in {', '.join(differing)} "
+                             "but would share a cell; summarize them from separate folders.")
+        if config["seed"] in self.seeds:
+            raise UsageError(f"{path.name} and {self.source} are both seed {config['seed']} of "
+                             "the same run; keep one.")
+        self.rest, self.source = rest, self.source or path.name
+        self.seeds.append(config["seed"])
+        self.accuracy.append(100 * results["final"]["accuracy"])
+        weights = [e["mean_label_weight"] for e in results["epochs"] if e.get("mean_label_weight") is not None]
+        if weights:
+            self.label_weight.append(statistics.mean(weights))
+        self.commits.add((results.get("environment") or {}).get("commit") or "unknown")
+
+    def mean_std(self) -> tuple[float, float | None]:
+        std = statistics.stdev(self.accuracy) if len(self.accuracy) > 1 else None
+        return statistics.mean(self.accuracy), std
+
+
+def collect_results(folder: Path) -> dict[tuple, dict[tuple, Cell]]:
+    """{setting: {(variant, alpha): Cell}} from every results file in `folder`."""
+    settings: dict[tuple, dict[tuple, Cell]] = {}
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise UsageError(f"{folder} holds no result files (*.json).")
+    for path in files:
+        try:
+            results = json.loads(path.read_text())
+            config = results["config"]
+            results["final"]["accuracy"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{path} is not a results file of train.py.") from None
+        setting = tuple(config[f] for f in SETTING_FIELDS)
+        row = (config["variant"], config["alpha"])
+        rest = {k: v for k, v in config.items() if k not in SETTING_FIELDS + ("variant", "alpha", "seed")}
+        settings.setdefault(setting, {}).setdefault(row, Cell()).add(path, results, rest)
+    return settings
+
+
+def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
+    """One Markdown table per setting: mean +- std (sample std over seeds) per variant."""
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    out = []
+    for setting in sorted(settings, key=lambda s: (s[0], s[1], -s[2], s[3])):
+        task, model, fraction, epochs = setting
+        cells = settings[setting]
+        paper = task == "trec" and fraction == 1.0
+        out.append(f"**{task}, {100 * fraction:g}% of the training set, {epochs} epochs, "
+                   f"encoder {model}**\n")
+        out.append("| variant | alpha | accuracy (%) | seeds | mean label weight r |"
+                   + (" paper, bert-base (%) |" if paper else ""))
+        out.append("|---|---|---|---|---|" + ("---|" if paper else ""))
+        for variant, alpha in sorted(cells, key=lambda r: (order.get(r[0], 99), r[1] or 0)):
+            cell = cells[(variant, alpha)]
+            mean, std = cell.mean_std()
+            spread = f" +- {std:.2f}" if std is not None else ""
+            weight = f"{statistics.mean(cell.label_weight):.3f}" if cell.label_weight else "–"
+            out.append(f"| {variant} | {alpha if alpha is not None else '–'} | {mean:.2f}{spread} "
+                       f"| {len(cell.seeds)} | {weight} |"
+                       + (f" {PAPER_TREC.get(variant, float('nan')):.2f} |" if paper else ""))
+        commits = sorted(set().union(*(c.commits for c in cells.values())))
+        out.append(f"\nresults from commit{'s' if len(commits) > 1 else ''} "
+                   + ", ".join(c[:10] for c in commits) + "\n")
+    return "\n".join(out)
+
+
+def plot_curve(settings: dict[tuple, dict[tuple, Cell]], path: Path) -> bool:
+    """Figure 2's experiment: accuracy against the training fraction, one line per variant
+    (at its default alpha) that ran at two fractions or more. False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    lines: dict[tuple, list] = {}
+    for (task, model, fraction, _), cells in settings.items():
+        for (variant, alpha), cell in cells.items():
+            if alpha == DEFAULT_ALPHA.get(variant):
+                mean, std = cell.mean_std()
+                lines.setdefault((task, model, variant), []).append((fraction, mean, std or 0.0))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (task, model, variant), points in sorted(lines.items()):
+        if len(points) < 2:
+            continue
+        points.sort()
+        ax.errorbar([100 * p[0] for p in points], [p[1] for p in points],
+                    yerr=[p[2] for p in points], marker="o", capsize=3, label=variant)
+    ax.set_xscale("log")
+    ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
+    ax.set_xlabel("share of the training set (%)")
+    ax.set_ylabel("test accuracy (%), mean +- std over seeds")
+    ax.set_title("Sparse data (Figure 2's experiment)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def summarize(folder: Path) -> int:
+    settings = collect_results(folder)
+    tables = format_tables(settings)
+    print(tables)
+    write_text_atomic(folder / "summary.md", tables)
+    if plot_curve(settings, folder / "curve.png"):
+        print(f"wrote {folder / 'summary.md'} and {folder / 'curve.png'}")
+    else:
+        print(f"wrote {folder / 'summary.md'}; for curve.png: pip install matplotlib")
+    return 0
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -858,6 +1002,8 @@ def default_output_dir(config: RunConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.summarize is not None:
+            return summarize(Path(args.summarize))
         if args.benchmark is not None:
             if args.task is None or args.benchmark < 1:
                 raise UsageError("--benchmark STEPS needs --task and STEPS >= 1.")
