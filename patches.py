@@ -253,3 +253,70 @@ def window_shape(variant: str, num_tokens: int, dim: int, *, n: int | None = Non
     if not 1 <= d <= dim:
         raise ValueError(f"window width {d} is outside 1..{dim}")
     return n, d
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark: python patches.py
+# ---------------------------------------------------------------------------------------------
+
+def _literal_patch_mask(saliency: torch.Tensor, n: int, d: int, lam: torch.Tensor,
+                        lengths: torch.Tensor) -> torch.Tensor:
+    """Eq. 3-4 as written, for the timing comparison: score every window with a loop, sort,
+    and add whole windows until the next would pass the budget."""
+    B, N, D = saliency.shape
+    M = torch.zeros(B, N, D, dtype=torch.bool)
+    for b in range(B):
+        L = int(lengths[b])
+        h = min(n, L)
+        scores = window_activation(saliency[b:b + 1, :L], h, d)[0]
+        budget = math.floor(float(lam[b]) * L * D)
+        taken = torch.zeros(L, D, dtype=torch.bool)
+        for flat in scores.flatten().argsort(descending=True).tolist():
+            i, j = divmod(flat, D - d + 1)
+            grown = taken.clone()
+            for p, q in window_units(i, j, h, d):
+                grown[p, q] = True
+            if int(grown.sum()) > budget:
+                break
+            taken = grown
+        M[b, :L] = taken
+    return M
+
+
+def _benchmark(repeats: int = 20) -> None:
+    import time
+
+    def seconds(fn, repeats: int = repeats) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+
+    torch.manual_seed(0)
+    print(f"patch_mask on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
+          "ms per batch, mean over G's n in 2..32 for W and G")
+    print("| shape (B, N, D) | U | C | W | G | G / C | literal loop (one example, U) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for B, N, D in ((32, 32, 384), (32, 128, 768)):
+        saliency = torch.rand(B, N, D)
+        lengths = torch.randint(2, N + 1, (B,))
+        lam = torch.distributions.Beta(0.25, 0.25).sample((B,))
+        times = {}
+        for variant in VARIANTS:
+            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
+            shapes = [window_shape(variant, N, D, n=h) for h in heights]
+            times[variant] = sum(seconds(lambda: patch_mask(saliency, n, d, lam, lengths))
+                                 for n, d in shapes) / len(shapes)
+        # the literal version on one example of the batch, against patch_mask on the same one
+        one = (saliency[:1], lam[:1], lengths[:1])
+        literal = seconds(lambda: _literal_patch_mask(one[0], 1, 1, one[1], one[2]), 2) if N <= 32 else None
+        fast_one = seconds(lambda: patch_mask(one[0], 1, 1, one[1], one[2]))
+        ms = {v: f"{1000 * t:.2f}" for v, t in times.items()}
+        literal_text = f"{1000 * literal:.0f} ms | {literal / fast_one:.0f}x" if literal else "– | –"
+        print(f"| {B}, {N}, {D} | {ms['U']} | {ms['C']} | {ms['W']} | {ms['G']} "
+              f"| {times['G'] / times['C']:.2f} | {literal_text} |")
+
+
+if __name__ == "__main__":
+    _benchmark()
