@@ -388,8 +388,7 @@ def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
             x = input_dropout(x, INPUT_DROPOUT)                  # section 3.1, then eq. 1
         x, attention_mask = mixup(x, batch["attention_mask"], lam)
         return {"inputs_embeds": x, **model_inputs(batch), "attention_mask": attention_mask}, lam, 0
-    n_low, n_high = config.n_range
-    n, d = window_shape(config.variant, x.shape[1], x.shape[2], n_range=(n_low, n_high),
+    n, d = window_shape(config.variant, x.shape[1], x.shape[2], n_range=config.n_range,
                         d=config.window_width)
     region = mixing_region(ordinary_tokens(batch))               # V: (B, N)
     x, r = dropmix(x, saliency, region, n, d, lam)               # eq. 2 and eq. 5
