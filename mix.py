@@ -92,6 +92,22 @@ def mixing_region(ordinary: torch.Tensor) -> torch.Tensor:
     return ordinary & partner(ordinary)
 
 
+def region_mask(saliency: torch.Tensor, region: torch.Tensor, n: int, d: int,
+                lam: float | torch.Tensor) -> torch.Tensor:
+    """Section 4.1, eq. 4, inside the region V: M, (B, N, D) bool, 0 outside V.
+
+    V need not be contiguous, so its rows are first moved to the front of each example (in
+    order): patch_mask then sees an ordinary (L, D) map per example, and its mask is scattered
+    back to the V positions. saliency: I_A (B, N, D); region: V (B, N); lam float or (B,).
+    """
+    B, N, D = saliency.shape
+    key = (~region).long() * N + torch.arange(N, device=saliency.device)  # (B, N)
+    order = key.argsort(dim=1)[:, :, None].expand(B, N, D)               # (B, N, D)
+    L = region.sum(1)                                                    # (B,)
+    compact = patch_mask(saliency.gather(1, order), n, d, lam, L)        # (B, N, D), rows < L
+    return torch.zeros_like(compact).scatter_(1, order, compact)         # (B, N, D)
+
+
 def dropmix(x: torch.Tensor, saliency: torch.Tensor, region: torch.Tensor, n: int, d: int,
             lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Section 4, eq. 2 and eq. 5: drop the most salient n x d patches of X_A within a lam
@@ -104,18 +120,13 @@ def dropmix(x: torch.Tensor, saliency: torch.Tensor, region: torch.Tensor, n: in
     Returns X~ (B, N, D) and the label weight r = S / (L * D), (B,), where L is the number of
     rows of V and S the number of units replaced.
     """
-    B, N, D = x.shape
-    # Compact V: move each example's V rows to the front (in order), so that patch_mask sees
-    # an ordinary (L, D) map per example, then scatter its mask back to the V positions.
-    key = (~region).long() * N + torch.arange(N, device=x.device)        # (B, N)
-    order = key.argsort(dim=1)[:, :, None].expand(B, N, D)               # (B, N, D)
-    L = region.sum(1)                                                    # (B,)
-    compact_mask = patch_mask(saliency.gather(1, order), n, d, lam, L)   # (B, N, D), rows < L
-    M = torch.zeros_like(compact_mask).scatter_(1, order, compact_mask)  # (B, N, D)
+    D = x.shape[2]
+    M = region_mask(saliency, region, n, d, lam)                         # (B, N, D)
     # eq. 2: X~ = (1 - M) * X_A + M * X_B   (M is 0/1, so this is a selection)
     mixed = torch.where(M, partner(x), x)                                # (B, N, D)
     # eq. 5: the label weight of Y_B is S / (L D), S = sum of M
     S = M.sum((1, 2))                                                    # (B,)
+    L = region.sum(1)                                                    # (B,)
     r = S / (L * D).clamp(min=1)                                         # (B,), 0 when L = 0
     return mixed, r.to(x.dtype)
 

@@ -15,6 +15,8 @@ import math
 import os
 import random
 import shutil
+import struct
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -978,7 +980,6 @@ def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags):
 @needs_data
 def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     import subprocess
-    import sys
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(29500 + os.getpid() % 1000), str(HERE / "train.py"),
@@ -1147,7 +1148,6 @@ def load_grid_module():
     import importlib.util
     spec = importlib.util.spec_from_file_location("grid", HERE / "results" / "grid.py")
     module = importlib.util.module_from_spec(spec)
-    import sys
     sys.modules["grid"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
@@ -1181,3 +1181,224 @@ def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_
     assert [e["epoch"] for e in finished["epochs"]] == [1, 2]
     assert "resuming" in (work / runs[1].name / "log.txt").read_text()
     assert not (work / runs[0].name).exists()
+
+
+# =============================================================================================
+# saliency.py's figures (sections 5.6 and 5.7)
+# =============================================================================================
+
+SENTENCE = "what is the city ?"  # words of the tiny BERT's vocabulary: no [UNK]
+
+
+@pytest.fixture(scope="module")
+def tiny_sentiment_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier with 2 classes, saved like train.py saves a model."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-fig"), num_labels=2)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG header: the IHDR chunk follows the signature."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+# ---------------------------------------------------------------------------------------------
+# The counting functions, on hand-made cases
+# ---------------------------------------------------------------------------------------------
+
+def test_channel_counts_by_hand():
+    # 3 examples, 2 tokens, 4 channels. A channel is selected when M takes any of its units.
+    masks = torch.zeros(3, 2, 4, dtype=torch.bool)
+    masks[0, 0, 1] = masks[0, 1, 1] = True   # example 0 (class 0): channel 1 (twice: counts once)
+    masks[0, 1, 3] = True                    #                      and channel 3
+    masks[1, 0, 1] = True                    # example 1 (class 1): channel 1
+    masks[2, 1, 0] = masks[2, 0, 3] = True   # example 2 (class 0): channels 0 and 3
+    labels = torch.tensor([0, 1, 0])
+    counts = saliency.channel_selection_counts(masks, labels, num_classes=3)
+    assert counts.tolist() == [[1, 1, 0, 2],
+                               [0, 1, 0, 0],
+                               [0, 0, 0, 0]]
+    importance = saliency.channel_importance(counts, torch.bincount(labels, minlength=3))
+    assert importance.tolist() == [[0.5, 0.5, 0.0, 1.0],
+                                   [0.0, 1.0, 0.0, 0.0],
+                                   [0.0, 0.0, 0.0, 0.0]]  # a class without examples: 0, not NaN
+
+
+def test_top_channels_by_difference_and_by_importance():
+    importance = torch.tensor([[0.9, 0.8, 0.1, 0.5, 0.9],
+                               [0.9, 0.2, 0.7, 0.5, 0.3]], dtype=torch.float64)
+    # difference class 0 - class 1 = [0, .6, -.6, 0, .6]: ties go to the lower channel
+    assert saliency.top_channels(importance, 0, 1, k=2) == ([1, 4], [2, 0])
+    assert saliency.top_channels(importance, 0, 1, k=2, rank_by="importance") == ([0, 4], [0, 2])
+
+
+def test_contributed_words_take_each_channels_maximum_over_ordinary_tokens():
+    # 2 examples, 5 positions ([CLS] w w w [SEP] / [CLS] w w [SEP] pad), 3 channels
+    ordinary = torch.tensor([[False, True, True, True, False],
+                             [False, True, True, False, False]])
+    I = torch.rand(2, 5, 3) * 0.1
+    I[:, 0] = 10.0                 # [CLS] is the most salient everywhere: must never be chosen
+    I[0, 2, 0] = I[0, 3, 1] = I[0, 1, 2] = 1.0   # example 0: channel k's maximum on a known word
+    I[1, 1, 0] = I[1, 2, 1] = I[1, 2, 2] = 1.0
+    I[1, 4] = 5.0                  # padding, also never chosen
+    assert saliency.contributed_positions(I, ordinary).tolist() == [[2, 3, 1], [1, 2, 2]]
+    assert saliency.contributed_words(I, ordinary, channel=1).tolist() == [3, 2]
+    nothing = torch.zeros(1, 5, dtype=torch.bool)
+    assert saliency.contributed_positions(I[:1], nothing).tolist() == [[-1, -1, -1]]
+
+
+def test_table5_words_come_from_the_right_channel():
+    # Token ids per position; channel 0's maximum is always on "good" (id 7), channel 1's on
+    # "bad" (id 8): the ranking of channel 0 must list "good" only, with the number of examples.
+    ids = torch.tensor([[2, 7, 8, 3], [2, 8, 7, 3], [2, 7, 9, 3]])          # (E, N)
+    ordinary = ids > 3
+    I = torch.zeros(3, 4, 2)
+    I[ids == 7, 0] = 1.0
+    I[ids == 8, 1] = 1.0
+    I[2, 2, 1] = 0.5               # example 2 has no "bad": channel 1 falls on id 9
+    positions = saliency.contributed_positions(I, ordinary)                 # (E, D)
+    word_ids = ids.gather(1, positions)                                     # (E, D)
+    assert saliency.word_ranking(word_ids[:, 0], top=10) == [(7, 3)]
+    assert saliency.word_ranking(word_ids[:, 1], top=10) == [(8, 2), (9, 1)]
+    assert saliency.word_ranking(torch.tensor([-1, 5, 5, 4]), top=1) == [(5, 2)]
+
+
+def test_table5_markdown_has_one_column_per_channel():
+    columns = [{"class": "positive", "channel": 93, "words": [["good", 5], ["fun", 2]]},
+               {"class": "negative", "channel": 345, "words": [["|", 4]]}]
+    lines = saliency.table_5_markdown(columns, top=2).splitlines()
+    assert lines[0] == "| rank | positive, ch. 93 | negative, ch. 345 |"
+    assert lines[2] == "| 1 | good (5) | \\| (4) |"
+    assert lines[3] == "| 2 | fun (2) |  |"
+
+
+def test_region_mask_is_the_mask_dropmix_applies():
+    # region_mask must give exactly the units mix.dropmix replaces. dropmix does not
+    # return M, so recover it: example b is filled with b, its partner with b - 1.
+    torch.manual_seed(0)
+    B, N, D = 3, 9, 8
+    I = torch.rand(B, N, D)
+    region = torch.rand(B, N) > 0.3
+    x = torch.arange(B, dtype=torch.float32)[:, None, None].expand(B, N, D).clone()
+    lam = torch.tensor([0.3, 0.5, 0.2])
+    mixed, _ = mix.dropmix(x, I, region, 2, 1, lam)
+    assert torch.equal(mix.region_mask(I, region, 2, 1, lam), mixed != x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands on a tiny BERT
+# ---------------------------------------------------------------------------------------------
+
+def test_figure_3a_png_has_the_expected_size(tiny_sentiment_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "figs" / "fig3a.png"
+    assert saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+                          "--variant", "G", "--n", "2", "--lam", "0.3", "--png", str(png)]) == 0
+    tokens = 2 + len(SENTENCE.split())  # [CLS] ... [SEP]
+    width, height = saliency.figure_3a_inches(tokens)
+    dpi = saliency.FIGURE_DPI
+    assert png_size(png) == (round(width * dpi), round(height * dpi))
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
+    assert saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+                          "--label", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, body = lines[:3], lines[3:]
+    assert "lam=0.3" in header[0] and "(given" in header[1]
+    assert [line.split()[-1] for line in body[:1]] == ["mixed"]  # [CLS]: never mixed
+    tokens = ["[CLS]", *SENTENCE.split(), "[SEP]"]
+    assert len(body) == len(tokens)
+    for line, token in zip(body, tokens):
+        assert line[6:22].strip() == token
+    assert max(map(len, lines)) <= 80
+    ranks = sorted(int(line[:4]) for line in body if line[:4].strip())
+    assert ranks == list(range(1, len(tokens) - 1))  # ordinary tokens ranked 1..L
+
+
+def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp_path,
+                                                       monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" now fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code = saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+                          "--png", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install matplotlib" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--model", "/no/such/model", "--text", SENTENCE),
+     "the model folder /no/such/model does not exist"),
+    (("--text", SENTENCE, "--lam", "1.5"), "--lam must be in [0, 1]"),
+    (("--text", SENTENCE, "--n", "0"), "--n must be >= 1"),
+    (("--text", SENTENCE, "--label", "nope"), "unknown class 'nope'"),
+    (("--text", SENTENCE, "--window-width", "99"), "window width 99 is outside 1..32"),
+    (("--channels",), "--channels needs --task"),
+])
+def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_sentiment_model, capsys):
+    argv = [*flags] if "--model" in flags else ["--model", str(tiny_sentiment_model), *flags]
+    assert saliency.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@needs_data
+def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
+    # trec has 6 classes: a 6-class tiny classifier, 60 sampled questions
+    model = write_tiny_bert(tmp_path / "model", num_labels=6)
+    out = tmp_path / "analysis"
+    assert saliency.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+                          "--channels", "--limit", "60", "--batch-size", "16",
+                          "--out", str(out)]) == 0
+    numbers = json.loads((out / "channel_importance.json").read_text())
+    totals = numbers["class_totals"]
+    assert numbers["examples"] == sum(totals) and abs(sum(totals) - 60) <= 1
+    importance = torch.tensor(numbers["channel_importance"])                 # (C, D)
+    assert importance.shape == (6, 32) and 0 <= importance.min() <= importance.max() <= 1
+    counts = torch.tensor(numbers["selection_counts"])
+    assert counts.max(1).values.le(torch.tensor(totals)).all()
+    columns = numbers["table5"]
+    assert [c["class"] for c in columns] == ["ENTY"] * 3 + ["DESC"] * 3  # --compare 1,0
+    for column in columns:  # every listed word is counted at most once per example of its class
+        of_class = totals[numbers["class_names"].index(column["class"])]
+        assert sum(count for _, count in column["words"]) <= of_class
+    table = (out / "table5.md").read_text().splitlines()
+    assert table[2].startswith("| rank | ENTY, ch. ") and len(table) == 2 + 2 + 10
+    if saliency.has_matplotlib():
+        assert png_size(out / "channel_importance.png") == tuple(
+            round(s * saliency.FIGURE_DPI) for s in saliency.CHANNEL_FIGURE_IN)
+
+
+@needs_data
+def test_channels_without_matplotlib_still_write_the_table_and_numbers(tmp_path, monkeypatch,
+                                                                      capsys):
+    # --channels asks for the analysis, not for a PNG: without matplotlib it skips the PNG
+    # with a one-line note and writes the rest
+    model = write_tiny_bert(tmp_path / "model", num_labels=6)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = tmp_path / "analysis"
+    assert saliency.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+                          "--channels", "--limit", "30", "--out", str(out)]) == 0
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert (out / "table5.md").exists() and (out / "channel_importance.json").exists()
+    assert not (out / "channel_importance.png").exists()
+
+
+def test_saliency_imports_alone_without_matplotlib(tmp_path):
+    # copied alone into an empty folder, with matplotlib hidden: clean_step and saliency_map
+    # are there, and nothing of the project (nor matplotlib) was imported
+    import shutil
+    import subprocess
+    shutil.copy(Path(saliency.__file__), tmp_path / "saliency.py")
+    code = ("import sys; sys.modules['matplotlib'] = None; import saliency; "
+            "assert callable(saliency.clean_step) and callable(saliency.saliency_map); "
+            "loaded = [m for m in ('patches', 'mix', 'data', 'train', 'transformers') "
+            "if m in sys.modules]; assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
