@@ -1402,3 +1402,28 @@ def test_saliency_imports_alone_without_matplotlib(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# =============================================================================================
+# The speed table (train.py --benchmark)
+# =============================================================================================
+
+@needs_data
+def test_benchmark_prints_every_variant_with_and_without_a_separate_saliency_pass(
+        tiny_bert, capsys):
+    assert run_train("--task", "trec", "--benchmark", "3", "--model", tiny_bert,
+                     "--data-dir", DATA, "--device", "cpu") == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    table = {line.split(" | ")[0][2:]: line.split(" | ") for line in rows[1:]}
+    assert set(table) == set(train.VARIANTS)
+    assert table["dropout"][3] == "1.00"
+    for variant in train.SALIENCY_VARIANTS:   # the separate pass is timed, and costs more
+        separate, reused = float(table[variant][6]), float(table[variant][2])
+        assert separate > 0 and reused > 0
+    assert table["base"][6].strip(" |") == "–"
+
+
+def test_benchmark_bert_base_shape_is_the_papers(tiny_bert):
+    _, model = train.benchmark_model("bert-base", str(tiny_bert), ("a", "b"))
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (12, 768, 30522)

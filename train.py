@@ -775,16 +775,15 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             module.p = p
 
 
-def time_variant(model, batches: list[dict], config: RunConfig, warmup: int,
-                 separate_saliency: bool = False) -> tuple[float, float]:
-    """Seconds per training step (forward, backward, clip, AdamW) and seconds per step
-    spent building the mixed input, over batches[warmup:]."""
-    optimizer, _ = build_optimizer(model, config, len(batches))
+def time_steps(model, optimizer, batches: list[dict], config: RunConfig,
+               separate_saliency: bool = False) -> tuple[float, float]:
+    """Total seconds of len(batches) training steps (forward, backward, clip, AdamW), and of
+    the part spent building the mixed inputs."""
     set_dropout(model, config.dropout)
     null = contextlib.nullcontext
     device = batches[0]["input_ids"].device
     elapsed = mask = 0.0
-    for i, batch in enumerate(batches):
+    for batch in batches:
         start = _now(device)
         if config.variant in MIXING_VARIANTS:
             result = mixing_step(config, model, batch, 1.0, null(), null(), separate_saliency)
@@ -793,15 +792,19 @@ def time_variant(model, batches: list[dict], config: RunConfig, warmup: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            elapsed += _now(device) - start
-            mask += result.mask_seconds
-    steps = len(batches) - warmup
-    return elapsed / steps, mask / steps
+        elapsed += _now(device) - start
+        mask += result.mask_seconds
+    return elapsed, mask
 
 
-def run_benchmark(args: argparse.Namespace, steps: int, warmup: int = 3) -> list[dict]:
-    """Time `steps` steps of every variant on the same batches, in one process."""
+def run_benchmark(args: argparse.Namespace, steps: int, warmup: int = 3,
+                  rounds: int = 3) -> list[dict]:
+    """Time `steps` steps of every variant on the same batches, in one process.
+
+    The variants take turns, `rounds` times, each on its share of the steps, and each keeps
+    the median of its rounds, so that a drift of the machine's speed (other work, turbo,
+    memory) spreads over all variants instead of favouring the ones that ran first.
+    """
     procs = setup_processes(args.device)
     seed_everything(0)
     task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
@@ -811,28 +814,41 @@ def run_benchmark(args: argparse.Namespace, steps: int, warmup: int = 3) -> list
     collate = data.make_collate(tokenizer, pad_to)
     encoded = data.encode(task.train, tokenizer, args.max_len)
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
+    per_round = max(1, steps // rounds)
     batches = []
-    for i in range(warmup + steps):
+    for i in range(warmup + per_round):
         chunk = [encoded[order[(i * args.batch_size + j) % len(order)]] for j in range(args.batch_size)]
         batches.append({k: v.to(procs.device) for k, v in collate(chunk).items()})
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
     precisions = [False]
     if procs.device.type == "cuda" and torch.cuda.is_bf16_supported():
         precisions.append(True)
-    rows = []
+    # (variant, bf16, separate saliency pass) -> its config and the per-round timings
+    runs = {}
     for bf16 in precisions:
         for variant in VARIANTS:
             config = configs_from_args(build_parser().parse_args(
                 ["--task", args.task, "--variant", variant, "--batch-size", str(args.batch_size)]
                 + (["--bf16"] if bf16 else [])))[0]
-            timings = {}
             for separate in (False, True) if variant in SALIENCY_VARIANTS else (False,):
-                model.load_state_dict(initial)
-                torch.manual_seed(0)
-                timings[separate] = time_variant(model, batches, config, warmup, separate)
-            rows.append({"variant": variant, "bf16": bf16, "seconds_per_step": timings[False][0],
-                         "mask_seconds_per_step": timings[False][1],
-                         "separate_saliency_seconds_per_step": timings.get(True, (None,))[0]})
+                runs[(variant, bf16, separate)] = (config, [])
+    optimizer, _ = build_optimizer(model, runs[("dropout", False, False)][0], 10**6)
+    for (variant, bf16, separate), (config, _) in runs.items():  # warm-up: allocations, caches
+        time_steps(model, optimizer, batches[:warmup], config, separate)
+    for _ in range(rounds):
+        for (variant, bf16, separate), (config, timings) in runs.items():
+            seconds, mask = time_steps(model, optimizer, batches[warmup:], config, separate)
+            timings.append((seconds / per_round, mask / per_round))
+    rows = []
+    for (variant, bf16, separate), (config, timings) in runs.items():
+        if separate:
+            continue
+        median = sorted(timings)[len(timings) // 2]
+        separate_timings = runs.get((variant, bf16, True), (None, None))[1]
+        rows.append({"variant": variant, "bf16": bf16, "seconds_per_step": median[0],
+                     "mask_seconds_per_step": median[1],
+                     "separate_saliency_seconds_per_step":
+                         sorted(separate_timings)[len(separate_timings) // 2][0] if separate_timings else None,
+                     "steps": per_round * rounds})
     return rows
 
 
@@ -1009,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_benchmark(args, args.benchmark)
             procs_device = rows and (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             env = provenance(torch.device(procs_device))
-            print_benchmark(rows, f"{args.benchmark} steps, batch {args.batch_size}, task {args.task}, "
+            print_benchmark(rows, f"{rows[0]['steps']} steps per variant in 3 rounds (median), batch {args.batch_size}, task {args.task}, "
                                   f"shape {args.benchmark_shape} ({args.model if args.benchmark_shape == 'model' else 'random bert-base'}), "
                                   f"{env['device_name']}, torch {env['torch']}")
             return 0
