@@ -1427,3 +1427,12 @@ def test_benchmark_bert_base_shape_is_the_papers(tiny_bert):
     _, model = train.benchmark_model("bert-base", str(tiny_bert), ("a", "b"))
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (12, 768, 30522)
+
+
+def test_default_encoder_is_verified_before_use(monkeypatch):
+    folder = train.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
+    monkeypatch.setattr(train, "DEFAULT_MODEL_SHA256", "0" * 64)
+    with pytest.raises(train.UsageError, match="does not match the pinned SHA-256"):
+        train.default_model_dir()

@@ -579,6 +579,123 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
 # One run: train, evaluate every epoch, report
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class RunData:
+    """The encoded splits of one run and the training loader over its share of the data."""
+    train: list[dict]
+    select: list[dict] | None
+    report: list[dict]
+    collate: object
+    sampler: DistributedSampler
+    loader: DataLoader
+
+
+def prepare_data(config: RunConfig, task: data.TaskData, tokenizer, procs: Dist) -> RunData:
+    train = data.encode(data.subsample(task.train, config.train_fraction), tokenizer, config.max_len)
+    select = data.encode(task.select, tokenizer, config.max_len) if task.select else None
+    report = data.encode(task.report, tokenizer, config.max_len)
+    collate = data.make_collate(tokenizer)
+    # DistributedSampler also for one process: its shuffle is seeded by (seed, epoch) alone,
+    # so the order of the data never depends on how much randomness the training used.
+    sampler = DistributedSampler(train, num_replicas=procs.world, rank=procs.rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
+    return RunData(train, select, report, collate, sampler, loader)
+
+
+def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoader,
+                procs: Dist, epoch: int, progress: bool, out: Path) -> dict:
+    """One pass over the loader; returns the epoch's training record."""
+    mixing = config.variant in MIXING_VARIANTS
+    no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
+    started = time.perf_counter()
+    totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0, "mixed": 0}
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=not (progress and procs.main), dynamic_ncols=True)
+    for i, batch in enumerate(bar):
+        batch = {k: v.to(procs.device) for k, v in batch.items()}
+        # Batches i - i % K ... are one optimizer step; the epoch's last may have fewer.
+        group = min(config.grad_accum, len(loader) - (i - i % config.grad_accum))
+        step_ends = (i + 1) % config.grad_accum == 0 or i + 1 == len(loader)
+        # DDP reduces gradients only in the step's last backward pass
+        final_sync = contextlib.nullcontext() if step_ends else no_sync()
+        if mixing:
+            step = mixing_step(config, model, batch, 1.0 / group, no_sync(), final_sync)
+        else:
+            with final_sync:
+                step = plain_step(model, batch, 1.0 / group, config.bf16)
+        if not math.isfinite(step.loss):
+            raise Diverged(f"the training loss became {step.loss} at epoch {epoch + 1}, "
+                           f"batch {i + 1}; the last good checkpoint is kept in {out}.")
+        if step_ends:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)  # after backward
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key in totals:
+            totals[key] += getattr(step, key)
+        bar.set_postfix(loss=f"{totals['loss'] / (i + 1):.3f}")
+    seconds = time.perf_counter() - started
+    batches = len(loader)
+    return {"epoch": epoch + 1, "train_loss": totals["loss"] / batches,
+            # mean r over the mixed batches: how much each variant really mixes
+            "mean_label_weight": totals["label_weight"] / max(totals["mixed"], 1) if mixing else None,
+            "batches_without_partner": batches - totals["mixed"] if mixing else 0,
+            "unmixed_examples": totals["unmixed"],
+            "mask_seconds_per_batch": totals["mask_seconds"] / max(totals["mixed"], 1),
+            "train_seconds": seconds,
+            "seconds_per_step": seconds / math.ceil(batches / config.grad_accum)}
+
+
+def evaluate_splits(config: RunConfig, model, run_data: RunData, task: data.TaskData,
+                    procs: Dist) -> dict:
+    """Metrics of the selection split (if any) and of the reported split."""
+    record = {}
+    splits = [(task.select_name, run_data.select), (task.report_name, run_data.report)]
+    for name, encoded in splits:
+        if encoded is None:
+            continue
+        predictions = predict(model, encoded, run_data.collate, procs, 128, config.bf16)
+        record[name] = compute_metrics(config.task, [e["labels"] for e in encoded], predictions)
+        record[name]["examples"] = len(predictions)  # each example counted once
+    return record
+
+
+def save_checkpoint(out: Path, config: RunConfig, procs: Dist, model, optimizer, scheduler,
+                    history: list[dict], best: dict) -> None:
+    """The end-of-epoch checkpoint, with every process's RNG states. They are taken last,
+    after evaluation, so that a resumed run continues exactly where this one would."""
+    states = rng_states()
+    gathered = [states]
+    if procs.world > 1:
+        gathered = [None] * procs.world
+        dist.all_gather_object(gathered, states)
+    if procs.main:
+        save_checkpoint_atomic(out / CHECKPOINT_FILE, {
+            "config": asdict(config), "world": procs.world, "epoch": history[-1]["epoch"],
+            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "history": history, "best": best,
+            "rng": gathered})
+    if procs.world > 1:
+        dist.barrier()
+
+
+def load_checkpoint(out: Path, config: RunConfig, procs: Dist, model, optimizer,
+                    scheduler) -> tuple[list[dict], dict]:
+    """Restore a run from its checkpoint; returns its history and best epoch so far."""
+    checkpoint = torch.load(out / CHECKPOINT_FILE, map_location=procs.device, weights_only=False)
+    if checkpoint["config"] != asdict(config) or checkpoint["world"] != procs.world:
+        raise UsageError(f"the checkpoint in {out} is of a different run (other flags or "
+                         "process count); use another --output-dir or --overwrite.")
+    unwrap(model).load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_states(checkpoint["rng"][procs.rank])
+    if procs.main:
+        print(f"resuming {out} after epoch {checkpoint['epoch']}")
+    return checkpoint["history"], checkpoint["best"]
+
+
 def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
               resume: bool = False, overwrite: bool = False, save_model: bool = True,
               progress: bool = True, stop_after: int | None = None) -> dict | None:
@@ -590,10 +707,9 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
         dist.broadcast_object_list(shared)
         state = shared[0]
     if state == "finished":
-        results = json.loads((out / RESULTS_FILE).read_text())
         if procs.main:
             print(f"{out}: already finished")
-        return results
+        return json.loads((out / RESULTS_FILE).read_text())
 
     seed_everything(config.seed + procs.rank)  # ranks draw different dropout masks and lam
     torch.manual_seed(config.seed)             # ...but build the same classifier head
@@ -604,145 +720,43 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
     if config.variant == "G" and config.window_width > D:
         raise UsageError(f"--window-width {config.window_width} is wider than the "
                          f"embedding ({D} channels).")
-
-    train_examples = data.subsample(task.train, config.train_fraction)
-    encoded_train = data.encode(train_examples, tokenizer, config.max_len)
-    encoded_select = data.encode(task.select, tokenizer, config.max_len) if task.select else None
-    encoded_report = data.encode(task.report, tokenizer, config.max_len)
-    collate = data.make_collate(tokenizer)
-    sampler = DistributedSampler(encoded_train, num_replicas=procs.world, rank=procs.rank,
-                                 shuffle=True, seed=config.seed, drop_last=False)
-    loader = DataLoader(encoded_train, batch_size=config.batch_size, sampler=sampler,
-                        collate_fn=collate)
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    run_data = prepare_data(config, task, tokenizer, procs)
+    steps_per_epoch = math.ceil(len(run_data.loader) / config.grad_accum)
     optimizer, scheduler = build_optimizer(model, config, steps_per_epoch * config.epochs)
     if procs.world > 1:
-        model = DistributedDataParallel(model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
-
-    history: list[dict] = []
-    best = {"epoch": None, "score": -math.inf}
-    start_epoch = 0
+        model = DistributedDataParallel(
+            model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
+    history, best = [], {"epoch": None, "score": -math.inf}
     if state == "resume":
-        checkpoint = torch.load(out / CHECKPOINT_FILE, map_location=procs.device, weights_only=False)
-        if checkpoint["config"] != asdict(config) or checkpoint["world"] != procs.world:
-            raise UsageError(f"the checkpoint in {out} is of a different run (other flags or "
-                             "process count); use another --output-dir or --overwrite.")
-        unwrap(model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        history, best, start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
-        set_rng_states(checkpoint["rng"][procs.rank])
-        if procs.main:
-            print(f"resuming {out} after epoch {start_epoch}")
-
+        history, best = load_checkpoint(out, config, procs, model, optimizer, scheduler)
     if procs.main:
-        print(f"{config.task} {config.variant} seed {config.seed}: {len(encoded_train)} train, "
-              f"{len(encoded_report)} {task.report_name}"
-              + (f", {len(encoded_select)} {task.select_name}" if encoded_select else "")
+        print(f"{config.task} {config.variant} seed {config.seed}: {len(run_data.train)} train, "
+              f"{len(run_data.report)} {task.report_name}"
+              + (f", {len(run_data.select)} {task.select_name}" if run_data.select else "")
               + f"; {steps_per_epoch} steps per epoch on {procs.device}", flush=True)
-    mixing = config.variant in MIXING_VARIANTS
-    no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
-    for epoch in range(start_epoch, config.epochs):
+
+    for epoch in range(len(history), config.epochs):
         if stop_after is not None and epoch >= stop_after:
             if procs.main:
                 print(f"stopped after epoch {epoch} as asked; continue with --resume", flush=True)
             return None
-        sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        totals = {"loss": 0.0, "label_weight": 0.0, "mask_seconds": 0.0, "unmixed": 0,
-                  "mixed": 0, "steps": 0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not (progress and procs.main), dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            batch = {k: v.to(procs.device) for k, v in batch.items()}
-            # Batches i - i % K ... are one optimizer step; the epoch's last may have fewer.
-            group = min(config.grad_accum, len(loader) - (i - i % config.grad_accum))
-            step_ends = (i + 1) % config.grad_accum == 0 or i + 1 == len(loader)
-            # DDP reduces gradients only in the step's last backward pass
-            final_sync = contextlib.nullcontext() if step_ends else no_sync()
-            scale = 1.0 / group
-            if mixing:
-                step = mixing_step(config, model, batch, scale, no_sync(), final_sync)
-            else:
-                with final_sync:
-                    step = plain_step(model, batch, scale, config.bf16)
-            if not math.isfinite(step.loss):
-                raise Diverged(f"the training loss became {step.loss} at epoch {epoch + 1}, "
-                               f"batch {i + 1}; the last good checkpoint is kept in {out}.")
-            if step_ends:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key in ("loss", "label_weight", "mask_seconds", "unmixed", "mixed"):
-                totals[key] += getattr(step, key)
-            totals["steps"] += 1
-            bar.set_postfix(loss=f"{totals['loss'] / totals['steps']:.3f}")
-        train_seconds = time.perf_counter() - started
-
-        record = {"epoch": epoch + 1, "train_loss": totals["loss"] / totals["steps"],
-                  # mean r over the mixed batches: how much each variant really mixes
-                  "mean_label_weight": totals["label_weight"] / max(totals["mixed"], 1)
-                  if mixing else None,
-                  "batches_without_partner": totals["steps"] - totals["mixed"] if mixing else 0,
-                  "unmixed_examples": totals["unmixed"],
-                  "mask_seconds_per_batch": totals["mask_seconds"] / max(totals["mixed"], 1),
-                  "train_seconds": train_seconds,
-                  "seconds_per_step": train_seconds / steps_per_epoch}
-        if encoded_select is not None:
-            labels = [e["labels"] for e in encoded_select]
-            record[task.select_name] = compute_metrics(
-                config.task, labels, predict(model, encoded_select, collate, procs, 128, config.bf16))
-        labels = [e["labels"] for e in encoded_report]
-        predictions = predict(model, encoded_report, collate, procs, 128, config.bf16)
-        record[task.report_name] = compute_metrics(config.task, labels, predictions)
-        record[task.report_name]["examples"] = len(predictions)  # each counted once
+        run_data.sampler.set_epoch(epoch)
+        record = train_epoch(config, model, optimizer, scheduler, run_data.loader, procs, epoch,
+                             progress, out)
+        record.update(evaluate_splits(config, model, run_data, task, procs))
         history.append(record)
         # Model selection only on a split that is not reported; otherwise the last epoch.
-        score = record[task.select_name]["accuracy"] if encoded_select is not None else epoch
+        score = record[task.select_name]["accuracy"] if run_data.select is not None else epoch
         improved = score > best["score"]
         if improved:
             best = {"epoch": epoch + 1, "score": score}
         if procs.main:
-            shown = task.select_name if encoded_select is not None else task.report_name
-            print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}"
-                  + (f"  r {record['mean_label_weight']:.3f}" if mixing else "")
-                  + f"  {shown} acc {record[shown]['accuracy']:.4f}"
-                  + f"  ({train_seconds:.0f} s, {record['seconds_per_step']:.2f} s/step)", flush=True)
+            print_epoch(config, record, task.select_name if run_data.select else task.report_name)
             if improved and save_model:
                 save_model_atomic(model, tokenizer, out / "model")
-        # The RNG states are taken last, after evaluation, so a resumed run continues exactly.
-        states = rng_states()
-        if procs.world > 1:
-            gathered: list = [None] * procs.world
-            dist.all_gather_object(gathered, states)
-        else:
-            gathered = [states]
-        if procs.main:
-            save_checkpoint_atomic(out / CHECKPOINT_FILE, {
-                "config": asdict(config), "world": procs.world, "epoch": epoch + 1,
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                "rng": gathered})
-        if procs.world > 1:
-            dist.barrier()
+        save_checkpoint(out, config, procs, model, optimizer, scheduler, history, best)
 
-    chosen = history[best["epoch"] - 1]
-    seconds = sum(r["train_seconds"] for r in history)
-    steps = steps_per_epoch * len(history)
-    results = {
-        "config": asdict(config),
-        "data": {"train": len(encoded_train), task.report_name: len(encoded_report),
-                 **({task.select_name: len(encoded_select)} if encoded_select else {}),
-                 "report_split": task.report_name, "select_split": task.select_name},
-        "epochs": history,
-        "final": {"epoch": best["epoch"], "selected_on": task.select_name or "last epoch",
-                  "split": task.report_name, **chosen[task.report_name]},
-        "timing": {"seconds_per_step": seconds / steps,
-                   "examples_per_second": len(encoded_train) * len(history) / seconds,
-                   "train_seconds": seconds, "processes": procs.world},
-        "environment": provenance(procs.device),
-    }
+    results = assemble_results(config, task, run_data, history, best, procs)
     if procs.main:
         write_json_atomic(out / RESULTS_FILE, results)
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)
@@ -750,6 +764,36 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
               f"{results['final']['accuracy']:.4f} (epoch {best['epoch']})", flush=True)
     return results
 
+
+def print_epoch(config: RunConfig, record: dict, shown: str) -> None:
+    weight = record["mean_label_weight"]
+    print(f"epoch {record['epoch']}/{config.epochs}  loss {record['train_loss']:.4f}"
+          + (f"  r {weight:.3f}" if weight is not None else "")
+          + f"  {shown} acc {record[shown]['accuracy']:.4f}"
+          + f"  ({record['train_seconds']:.0f} s, {record['seconds_per_step']:.2f} s/step)",
+          flush=True)
+
+
+def assemble_results(config: RunConfig, task: data.TaskData, run_data: RunData,
+                     history: list[dict], best: dict, procs: Dist) -> dict:
+    """results.json: the config, the data, every epoch, the reported metrics, timing and
+    provenance (versions, device, commit)."""
+    seconds = sum(r["train_seconds"] for r in history)
+    steps = math.ceil(len(run_data.loader) / config.grad_accum) * len(history)
+    sizes = {"train": len(run_data.train), task.report_name: len(run_data.report)}
+    if run_data.select is not None:
+        sizes[task.select_name] = len(run_data.select)
+    return {
+        "config": asdict(config),
+        "data": {**sizes, "report_split": task.report_name, "select_split": task.select_name},
+        "epochs": history,
+        "final": {"epoch": best["epoch"], "selected_on": task.select_name or "last epoch",
+                  "split": task.report_name, **history[best["epoch"] - 1][task.report_name]},
+        "timing": {"seconds_per_step": seconds / steps,
+                   "examples_per_second": len(run_data.train) * len(history) / seconds,
+                   "train_seconds": seconds, "processes": procs.world},
+        "environment": provenance(procs.device),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
