@@ -1004,26 +1004,30 @@ def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
     return "\n".join(out)
 
 
-def plot_curve(settings: dict[tuple, dict[tuple, Cell]], path: Path) -> bool:
-    """Figure 2's experiment: accuracy against the training fraction, one line per variant
-    (at its default alpha) that ran at two fractions or more. False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
+    """Figure 2's experiment: per (task, encoder, variant) at its default alpha, the points
+    (fraction, mean, std) of every setting it ran in, for variants with two fractions or more."""
     lines: dict[tuple, list] = {}
     for (task, model, fraction, _), cells in settings.items():
         for (variant, alpha), cell in cells.items():
             if alpha == DEFAULT_ALPHA.get(variant):
                 mean, std = cell.mean_std()
                 lines.setdefault((task, model, variant), []).append((fraction, mean, std or 0.0))
+    return {key: sorted(points) for key, points in lines.items() if len(points) > 1}
+
+
+def plot_curve(lines: dict[tuple, list], path: Path) -> str:
+    """Accuracy against the training fraction, one line per variant; says what it did."""
+    if not lines:
+        return "no variant has results at two training fractions yet: no curve"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no curve: it needs matplotlib (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for (task, model, variant), points in sorted(lines.items()):
-        if len(points) < 2:
-            continue
-        points.sort()
         ax.errorbar([100 * p[0] for p in points], [p[1] for p in points],
                     yerr=[p[2] for p in points], marker="o", capsize=3, label=variant)
     ax.set_xscale("log")
@@ -1033,10 +1037,9 @@ def plot_curve(settings: dict[tuple, dict[tuple, Cell]], path: Path) -> bool:
     ax.set_title("Sparse data (Figure 2's experiment)")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
+    return f"wrote {path}"
 
 
 def summarize(folder: Path) -> int:
@@ -1044,10 +1047,7 @@ def summarize(folder: Path) -> int:
     tables = format_tables(settings)
     print(tables)
     write_text_atomic(folder / "summary.md", tables)
-    if plot_curve(settings, folder / "curve.png"):
-        print(f"wrote {folder / 'summary.md'} and {folder / 'curve.png'}")
-    else:
-        print(f"wrote {folder / 'summary.md'}; for curve.png: pip install matplotlib")
+    print(f"wrote {folder / 'summary.md'}; " + plot_curve(curve_points(settings), folder / "curve.png"))
     return 0
 
 # ---------------------------------------------------------------------------------------------
