@@ -1109,7 +1109,7 @@ def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: floa
               "epochs": epochs, "variant": variant, "alpha": alpha, "seed": seed, "lr": lr}
     results = {"config": config, "final": {"accuracy": accuracy},
                "epochs": [{"mean_label_weight": 0.25 if alpha else None}],
-               "environment": {"commit": "abc123"}}
+               "environment": {"commit": "abc123"}, "timing": {"train_seconds": 1800.0}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(results))
 
@@ -1129,6 +1129,7 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     assert "| G | 0.25 | 93.00 +- 3.61 | 3 | 0.250 | 97.92 |" in table
     assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
     assert "| dropout | – | 50.00 | 1 | – |" in table
+    assert "4 runs, 2.0 h of training; results from commit abc123" in table
     assert train.curve_points(settings) == {
         ("trec", "all-MiniLM-L6-v2", "dropout"): [(0.1, 50.0, 0.0), (1.0, 95.0, 0.0)]}
     assert train.main(["--summarize", str(tmp_path)]) == 0
@@ -1169,6 +1170,28 @@ def test_grid_plan_covers_the_issue():
     assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
     assert all(r.alpha == train.DEFAULT_ALPHA.get(r.variant) for r in full)
     assert {r.alpha for r in runs if r.fraction == 0.1 and r.variant == "G"} == {0.1, 0.25, 0.5, 1.0}
+
+
+def test_grid_writes_the_tables_into_the_readme_block(tmp_path):
+    grid = load_grid_module()
+    fake_result(tmp_path / "results", "g1", "G", 1, 0.97, alpha=0.25)
+    fake_result(tmp_path / "results", "g2", "G", 2, 0.95, alpha=0.25)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")
+    assert grid.update_readme(readme, tmp_path / "results", 90) is None
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{grid.END}\n## after\n")
+    assert "old table" not in text and "2 of the grid's 90 runs are finished" in text
+    assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in text
+    # no markers: one sentence, and the file is left as it was
+    readme.write_text("# no block here\n")
+    assert "needs one" in grid.update_readme(readme, tmp_path / "results", 90)
+    assert readme.read_text() == "# no block here\n"
+    # results that must not be pooled: the summary's sentence, README untouched
+    fake_result(tmp_path / "results", "g3", "G", 2, 0.90, alpha=0.25)
+    readme.write_text(f"{grid.START}\n{grid.END}\n")
+    assert "both seed 2" in grid.update_readme(readme, tmp_path / "results", 90)
+    assert readme.read_text() == f"{grid.START}\n{grid.END}\n"
 
 
 @needs_data

@@ -932,6 +932,7 @@ class Cell:
     accuracy: list[float] = field(default_factory=list)
     label_weight: list[float] = field(default_factory=list)
     commits: set = field(default_factory=set)
+    train_seconds: float = 0.0  # the cell's training time, all seeds together
     rest: dict | None = None   # every other config field: must agree within the cell
     source: str = ""
 
@@ -951,6 +952,7 @@ class Cell:
         if weights:
             self.label_weight.append(statistics.mean(weights))
         self.commits.add((results.get("environment") or {}).get("commit") or "unknown")
+        self.train_seconds += (results.get("timing") or {}).get("train_seconds") or 0.0
 
     def mean_std(self) -> tuple[float, float | None]:
         std = statistics.stdev(self.accuracy) if len(self.accuracy) > 1 else None
@@ -999,7 +1001,10 @@ def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
                        f"| {len(cell.seeds)} | {weight} |"
                        + (f" {PAPER_TREC.get(variant, float('nan')):.2f} |" if paper else ""))
         commits = sorted(set().union(*(c.commits for c in cells.values())))
-        out.append(f"\nresults from commit{'s' if len(commits) > 1 else ''} "
+        runs = sum(len(c.seeds) for c in cells.values())
+        hours = sum(c.train_seconds for c in cells.values()) / 3600
+        out.append(f"\n{runs} run{'s' if runs > 1 else ''}, {hours:.1f} h of training; results "
+                   f"from commit{'s' if len(commits) > 1 else ''} "
                    + ", ".join(c[:10] for c in commits) + "\n")
     return "\n".join(out)
 

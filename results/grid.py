@@ -5,6 +5,7 @@ restarted at any moment.
 
     python results/grid.py            # run (or continue) the whole grid
     python results/grid.py --list     # what is done and what is left
+    python results/grid.py --readme README.md   # the tables into the README's results block
 
 Each finished run's results.json is copied, atomically, to results/trec/NAME.json;
 `python train.py --summarize results/trec` turns those files into the README's tables.
@@ -84,6 +85,38 @@ def run_grid(runs: list[Run], results_dir: Path, work_dir: Path, extra: list[str
         os.replace(tmp, target)  # a result file is whole or absent
 
 
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, results_dir: Path, total: int) -> str | None:
+    """Regenerate the tables (train.py --summarize) and put them, with the grid's progress,
+    between the README's START and END markers. Returns an error sentence, or None."""
+    summary = subprocess.run([sys.executable, str(REPO / "train.py"), "--summarize", str(results_dir)],
+                             capture_output=True, text=True)
+    if summary.returncode != 0:
+        return summary.stderr.strip() or f"train.py --summarize failed with status {summary.returncode}."
+    try:
+        text = readme.read_text()
+    except OSError as error:
+        return f"cannot read {readme}: {error.strerror}."
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        return f"{readme} needs one {START} line followed by one {END} line."
+    done = len(list(results_dir.glob("*.json")))
+    block = [f"**Status: {done} of the grid's {total} runs are finished** (every table below is "
+             "regenerated from the result files by `python results/grid.py --readme README.md`).",
+             (results_dir / "summary.md").read_text().strip()]
+    curve = results_dir / "curve.png"
+    if curve.exists():
+        link = os.path.relpath(curve, readme.resolve().parent)
+        block.append(f"![Test accuracy against the share of the training set]({link})")
+    before, rest = text.split(START)
+    after = rest.split(END)[1]
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(before + START + "\n" + "\n\n".join(block) + "\n" + END + after)
+    os.replace(tmp, readme)  # the README is never half-written
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="show done and pending runs, run nothing")
@@ -91,8 +124,18 @@ def main() -> int:
                         help="where finished result files go")
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "grid"),
                         help="where runs keep checkpoints and logs while they run")
+    parser.add_argument("--readme", default=None, metavar="README",
+                        help="run nothing; regenerate the tables and curve from the result files "
+                             "and write them into README's results block")
     args = parser.parse_args()
     runs, results_dir = plan(), Path(args.results_dir)
+    if args.readme is not None:
+        error = update_readme(Path(args.readme), results_dir, len(runs))
+        if error:
+            print(error, file=sys.stderr)
+            return 2
+        print(f"updated {args.readme}")
+        return 0
     if args.list:
         for run in runs:
             print(("done " if (results_dir / f"{run.name}.json").exists() else "todo ") + run.name)
