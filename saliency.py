@@ -225,8 +225,9 @@ def require_matplotlib() -> None:
 
 def has_matplotlib() -> bool:
     try:
-        require_matplotlib()
-    except Exception:
+        import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
         return False
     return True
 
