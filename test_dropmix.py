@@ -1129,7 +1129,7 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     assert "| G | 0.25 | 93.00 +- 3.61 | 3 | 0.250 | 97.92 |" in table
     assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
     assert "| dropout | – | 50.00 | 1 | – |" in table
-    assert "4 runs, 2.0 h of training; results from commit abc123" in table
+    assert "4 runs, 2.0 h of training (wall clock); results from commit abc123" in table
     assert train.curve_points(settings) == {
         ("trec", "all-MiniLM-L6-v2", "dropout"): [(0.1, 50.0, 0.0), (1.0, 95.0, 0.0)]}
     assert train.main(["--summarize", str(tmp_path)]) == 0
