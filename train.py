@@ -1003,8 +1003,8 @@ def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
         commits = sorted(set().union(*(c.commits for c in cells.values())))
         runs = sum(len(c.seeds) for c in cells.values())
         hours = sum(c.train_seconds for c in cells.values()) / 3600
-        out.append(f"\n{runs} run{'s' if runs > 1 else ''}, {hours:.1f} h of training (wall clock); results "
-                   f"from commit{'s' if len(commits) > 1 else ''} "
+        out.append(f"\n{runs} run{'s' if runs > 1 else ''}, {hours:.1f} h of training (wall "
+                   f"clock); results from commit{'s' if len(commits) > 1 else ''} "
                    + ", ".join(c[:10] for c in commits) + "\n")
     return "\n".join(out)
 
