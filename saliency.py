@@ -214,15 +214,6 @@ def _usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
-def require_matplotlib() -> None:
-    """Fail early, in one sentence, when a PNG is asked for and matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.figure import Figure  # noqa: F401
-    except ImportError:
-        raise _usage_error(MATPLOTLIB_HINT) from None
-
-
 def has_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -230,6 +221,12 @@ def has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def require_matplotlib() -> None:
+    """Fail early, in one sentence, when a PNG is asked for and matplotlib is missing."""
+    if not has_matplotlib():
+        raise _usage_error(MATPLOTLIB_HINT)
 
 
 def load_classifier(name: str, task_labels: tuple[str, ...] | None,
