@@ -1130,10 +1130,37 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
     assert "| dropout | – | 50.00 | 1 | – |" in table
     assert "4 runs, 2.0 h of training (wall clock); results from commit abc123" in table
-    assert train.curve_points(settings) == {
-        ("trec", "all-MiniLM-L6-v2", "dropout"): [(0.1, 50.0, 0.0), (1.0, 95.0, 0.0)]}
+    assert train.curve_points(settings) == {}  # two fractions make no curve
     assert train.main(["--summarize", str(tmp_path)]) == 0
     assert (tmp_path / "summary.md").read_text() == table
+    assert not (tmp_path / "curve.png").exists()
+    assert "three training fractions" in capsys.readouterr().out
+
+
+def test_summary_alpha_table_and_curve(tmp_path, capsys):
+    for seed, acc in zip((1, 2), (0.80, 0.84)):
+        fake_result(tmp_path, f"g25-{seed}", "G", seed, acc, fraction=0.1, epochs=30, alpha=0.25)
+        fake_result(tmp_path, f"g50-{seed}", "G", seed, acc + 0.02, fraction=0.1, epochs=30, alpha=0.5)
+    fake_result(tmp_path, "d-5", "dropout", 1, 0.70, fraction=0.05, epochs=57)
+    fake_result(tmp_path, "d-10", "dropout", 1, 0.75, fraction=0.1, epochs=30)
+    fake_result(tmp_path, "d-100", "dropout", 1, 0.95)
+    fake_result(tmp_path, "g-100", "G", 1, 0.96, alpha=0.25)
+    settings = train.collect_results(tmp_path)
+    table = train.format_tables(settings)
+    # The 10% table holds G at its default alpha once; the alpha table holds every alpha.
+    assert table.count("| G | 0.25 | 82.00 +- 2.83 | 2 | 0.250 |") == 1
+    assert "| G | 0.5 |" not in table
+    alpha_table = table[table.index("**alpha's effect: G, trec, 10%"):]
+    assert "| 0.25 | 82.00 +- 2.83 | 2 | 0.250 |\n| 0.5 | 84.00 +- 2.83 | 2 | 0.250 |" in alpha_table
+    # Table 3's settings (more variants) come first, the curve's numbers last.
+    assert table.index("100% of the training set") < table.index("10% of the training set") \
+        < table.index("5% of the training set") < table.index("**Figure 2's experiment")
+    assert train.curve_points(settings) == {
+        ("trec", "all-MiniLM-L6-v2", "dropout"): [(0.05, 70.0, 0.0, 1), (0.1, 75.0, 0.0, 1),
+                                                  (1.0, 95.0, 0.0, 1)]}  # G has two fractions
+    assert "| variant | 5% | 10% | 100% |\n|---|---|---|---|\n" \
+           "| dropout | 70.00 +- 0.00 (1) | 75.00 +- 0.00 (1) | 95.00 +- 0.00 (1) |" in table
+    assert train.main(["--summarize", str(tmp_path)]) == 0
     try:
         import matplotlib  # noqa: F401  (optional: without it there is no curve, and it says so)
         assert png_size(tmp_path / "curve.png")[0] > 100

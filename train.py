@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of training, time STEPS steps of every variant and print "
                         "a table")
     p.add_argument("--summarize", default=None, metavar="FOLDER",
-                   help="instead of training, write the tables (summary.md) and the sparse-data "
-                        "curve (curve.png) of the result files in FOLDER")
+                   help="instead of training, write the tables of the result files in FOLDER "
+                        "(summary.md: one per setting, one per alpha sweep, the curve's numbers) "
+                        "and the sparse-data curve (curve.png)")
     p.add_argument("--benchmark-shape", choices=("model", "bert-base"), default="model",
                    help="benchmark the given model, or bert-base's shape with random weights")
     return p
@@ -979,67 +980,118 @@ def collect_results(folder: Path) -> dict[tuple, dict[tuple, Cell]]:
     return settings
 
 
-def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
-    """One Markdown table per setting: mean +- std (sample std over seeds) per variant."""
+def format_row(cell: Cell, label: str, paper: float | None = None) -> str:
+    """One table row: label | accuracy mean +- std | seeds | r (| the paper's number)."""
+    mean, std = cell.mean_std()
+    spread = f" +- {std:.2f}" if std is not None else ""
+    weight = f"{statistics.mean(cell.label_weight):.3f}" if cell.label_weight else "–"
+    return (f"| {label} | {mean:.2f}{spread} | {len(cell.seeds)} | {weight} |"
+            + (f" {paper:.2f} |" if paper is not None else ""))
+
+
+def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
+    """A setting's table of variants at their default alpha, then one alpha table per variant
+    run at several alphas (every cell appears in exactly one of them), then its cost."""
+    task, model, fraction, epochs = setting
     order = {v: i for i, v in enumerate(VARIANTS)}
+    alphas: dict[str, list] = {}
+    for variant, alpha in cells:
+        alphas.setdefault(variant, []).append(alpha)
+    swept = {v for v, a in alphas.items() if len(a) > 1}
+    paper = task == "trec" and fraction == 1.0
+    name = f"{task}, {100 * fraction:g}% of the training set, {epochs} epochs, encoder {model}"
+    out = [f"**{name}**\n",
+           "| variant | alpha | accuracy (%) | seeds | mean label weight r |"
+           + (" paper, bert-base (%) |" if paper else ""),
+           "|---|---|---|---|---|" + ("---|" if paper else "")]
+    for variant, alpha in sorted(cells, key=lambda r: (order.get(r[0], 99), r[1] or 0)):
+        if variant not in swept or alpha == DEFAULT_ALPHA.get(variant):
+            out.append(format_row(cells[(variant, alpha)], f"{variant} | {alpha if alpha is not None else '–'}",
+                                  PAPER_TREC.get(variant, float("nan")) if paper else None))
+    for variant in sorted(swept, key=lambda v: order.get(v, 99)):
+        out += [(f"\n**alpha's effect: {variant}, {name}** (lam ~ Beta(alpha, alpha); every "
+                 "alpha is reported, none is chosen)\n"),
+                "| alpha | accuracy (%) | seeds | mean label weight r |", "|---|---|---|---|"]
+        out += [format_row(cells[(variant, a)], f"{a}") for a in sorted(alphas[variant], key=lambda a: a or 0)]
+    commits = sorted(set().union(*(c.commits for c in cells.values())))
+    runs = sum(len(c.seeds) for c in cells.values())
+    hours = sum(c.train_seconds for c in cells.values()) / 3600
+    out.append(f"\n{runs} run{'s' if runs > 1 else ''}, {hours:.1f} h of training (wall "
+               f"clock); results from commit{'s' if len(commits) > 1 else ''} "
+               + ", ".join(c[:10] for c in commits) + "\n")
+    return out
+
+
+def format_curve(lines: dict[tuple, list]) -> list[str]:
+    """The numbers behind curve.png: one row per variant, one column per training fraction."""
     out = []
-    for setting in sorted(settings, key=lambda s: (s[0], s[1], -s[2], s[3])):
-        task, model, fraction, epochs = setting
-        cells = settings[setting]
-        paper = task == "trec" and fraction == 1.0
-        out.append(f"**{task}, {100 * fraction:g}% of the training set, {epochs} epochs, "
-                   f"encoder {model}**\n")
-        out.append("| variant | alpha | accuracy (%) | seeds | mean label weight r |"
-                   + (" paper, bert-base (%) |" if paper else ""))
-        out.append("|---|---|---|---|---|" + ("---|" if paper else ""))
-        for variant, alpha in sorted(cells, key=lambda r: (order.get(r[0], 99), r[1] or 0)):
-            cell = cells[(variant, alpha)]
-            mean, std = cell.mean_std()
-            spread = f" +- {std:.2f}" if std is not None else ""
-            weight = f"{statistics.mean(cell.label_weight):.3f}" if cell.label_weight else "–"
-            out.append(f"| {variant} | {alpha if alpha is not None else '–'} | {mean:.2f}{spread} "
-                       f"| {len(cell.seeds)} | {weight} |"
-                       + (f" {PAPER_TREC.get(variant, float('nan')):.2f} |" if paper else ""))
-        commits = sorted(set().union(*(c.commits for c in cells.values())))
-        runs = sum(len(c.seeds) for c in cells.values())
-        hours = sum(c.train_seconds for c in cells.values()) / 3600
-        out.append(f"\n{runs} run{'s' if runs > 1 else ''}, {hours:.1f} h of training (wall "
-                   f"clock); results from commit{'s' if len(commits) > 1 else ''} "
-                   + ", ".join(c[:10] for c in commits) + "\n")
-    return "\n".join(out)
+    for task, model in sorted({key[:2] for key in lines}):
+        rows = {key[2]: points for key, points in lines.items() if key[:2] == (task, model)}
+        fractions = sorted({p[0] for points in rows.values() for p in points})
+        out += [(f"**Figure 2's experiment: {task}, encoder {model}, test accuracy (%) against "
+                 "the share of the training set** (mean +- std over seeds, seed count in brackets; "
+                 "epochs per share as in the tables above)\n"),
+                "| variant | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions)]
+        for variant, points in rows.items():
+            at = {p[0]: p for p in points}
+            out.append(f"| {variant} | " + " | ".join(
+                f"{at[f][1]:.2f} +- {at[f][2]:.2f} ({at[f][3]})" if f in at else "–"
+                for f in fractions) + " |")
+        out.append("")
+    return out
+
+
+def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
+    """The summary in Markdown: per setting, mean +- std (sample std over seeds) per variant,
+    settings with more variants first (Table 3's), then the sparse-data curve's numbers."""
+    out = []
+    for setting in sorted(settings, key=lambda s: (s[0], s[1], -len({v for v, _ in settings[s]}),
+                                                    -s[2], s[3])):
+        out += format_setting(setting, settings[setting])
+    return "\n".join(out + format_curve(curve_points(settings)))
 
 
 def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
     """Figure 2's experiment: per (task, encoder, variant) at its default alpha, the points
-    (fraction, mean, std) of every setting it ran in, for variants with two fractions or more."""
+    (fraction, mean, std, seeds) of every setting it ran in, for the variants measured at three
+    fractions or more (two points make no curve), in the order of VARIANTS."""
     lines: dict[tuple, list] = {}
     for (task, model, fraction, _), cells in settings.items():
         for (variant, alpha), cell in cells.items():
             if alpha == DEFAULT_ALPHA.get(variant):
                 mean, std = cell.mean_std()
-                lines.setdefault((task, model, variant), []).append((fraction, mean, std or 0.0))
-    return {key: sorted(points) for key, points in lines.items() if len(points) > 1}
+                lines.setdefault((task, model, variant), []).append(
+                    (fraction, mean, std or 0.0, len(cell.seeds)))
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    return {key: sorted(lines[key]) for key in sorted(lines, key=lambda k: (k[:2], order.get(k[2], 99)))
+            if len(lines[key]) >= 3}
 
 
 def plot_curve(lines: dict[tuple, list], path: Path) -> str:
     """Accuracy against the training fraction, one line per variant; says what it did."""
     if not lines:
-        return "no variant has results at two training fractions yet: no curve"
+        return "no variant has results at three training fractions yet: no curve"
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return "no curve: it needs matplotlib (pip install matplotlib)"
+    pairs = sorted({key[:2] for key in lines})
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (task, model, variant), points in sorted(lines.items()):
-        ax.errorbar([100 * p[0] for p in points], [p[1] for p in points],
-                    yerr=[p[2] for p in points], marker="o", capsize=3, label=variant)
+    for i, ((task, model, variant), points) in enumerate(lines.items()):
+        # Nudge each line sideways a little (log axis) so that error bars do not hide each other.
+        shift = 1 + 0.03 * (i - (len(lines) - 1) / 2)
+        ax.errorbar([100 * p[0] * shift for p in points], [p[1] for p in points],
+                    yerr=[p[2] for p in points], marker="o", capsize=3,
+                    label=variant if len(pairs) == 1 else f"{variant} ({task}, {model})")
     ax.set_xscale("log")
     ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
     ax.set_xlabel("share of the training set (%)")
     ax.set_ylabel("test accuracy (%), mean +- std over seeds")
-    ax.set_title("Sparse data (Figure 2's experiment)")
+    ax.set_title("Sparse data (Figure 2's experiment)"
+                 + (": {}, {}".format(*pairs[0]) if len(pairs) == 1 else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
