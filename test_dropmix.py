@@ -1178,6 +1178,12 @@ def test_summary_refuses_to_pool_different_runs(tmp_path, capsys):
     fake_result(tmp_path / "b", "y", "G", 1, 0.8, alpha=0.25)
     assert train.main(["--summarize", str(tmp_path / "b")]) == 2
     assert "both seed 1" in capsys.readouterr().err
+    fake_result(tmp_path / "c", "x", "dropout", 1, 0.9, fraction=0.1, epochs=3)
+    fake_result(tmp_path / "c", "y", "dropout", 1, 0.9, fraction=0.1, epochs=30)
+    assert train.main(["--summarize", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "dropout ran on 10% of trec for both" in err and "two points at one place" in err
+    assert "both 3 and 30 epochs" in err or "both 30 and 3 epochs" in err
 
 
 def load_grid_module():

@@ -1057,9 +1057,15 @@ def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
     (fraction, mean, std, seeds) of every setting it ran in, for the variants measured at three
     fractions or more (two points make no curve), in the order of VARIANTS."""
     lines: dict[tuple, list] = {}
-    for (task, model, fraction, _), cells in settings.items():
+    for (task, model, fraction, epochs), cells in settings.items():
         for (variant, alpha), cell in cells.items():
             if alpha == DEFAULT_ALPHA.get(variant):
+                twin = [s for s in settings if s[:3] == (task, model, fraction) and s[3] != epochs
+                        and (variant, alpha) in settings[s]]
+                if twin:
+                    raise UsageError(f"{variant} ran on {100 * fraction:g}% of {task} for both "
+                                     f"{epochs} and {twin[0][3]} epochs, two points at one place "
+                                     "on the curve; summarize them from separate folders.")
                 mean, std = cell.mean_std()
                 lines.setdefault((task, model, variant), []).append(
                     (fraction, mean, std or 0.0, len(cell.seeds)))
