@@ -1125,7 +1125,7 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     mean, std = cell.mean_std()
     assert sorted(cell.seeds) == [1, 2, 3]
     assert mean == pytest.approx(93.0) and std == pytest.approx(3.605551, rel=1e-6)
-    table = train.format_tables(settings)
+    table = train.format_tables(settings, train.curve_points(settings))
     assert "| G | 0.25 | 93.00 +- 3.61 | 3 | 0.250 | 97.92 |" in table
     assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
     assert "| dropout | – | 50.00 | 1 | – |" in table
@@ -1146,7 +1146,7 @@ def test_summary_alpha_table_and_curve(tmp_path, capsys):
     fake_result(tmp_path, "d-100", "dropout", 1, 0.95)
     fake_result(tmp_path, "g-100", "G", 1, 0.96, alpha=0.25)
     settings = train.collect_results(tmp_path)
-    table = train.format_tables(settings)
+    table = train.format_tables(settings, train.curve_points(settings))
     # The 10% table holds G at its default alpha once; the alpha table holds every alpha.
     assert table.count("| G | 0.25 | 82.00 +- 2.83 | 2 | 0.250 |") == 1
     assert "| G | 0.5 |" not in table

@@ -922,6 +922,7 @@ def print_benchmark(rows: list[dict], header: str) -> None:
 # different encoder than this project's default, shown beside ours for orientation only.
 PAPER_TREC = {"base": 96.64, "dropout": 96.60, "mixup": 96.72, "dropout-mixup": 96.72,
               "ssmix": 97.48, "U": 97.68, "C": 97.76, "W": 97.16, "G": 97.92}
+VARIANT_ORDER = {v: i for i, v in enumerate(VARIANTS)}  # the tables' and the curve's row order
 # A table's setting: results that differ in any of these never share a table.
 SETTING_FIELDS = ("task", "model", "train_fraction", "epochs")
 
@@ -993,7 +994,6 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
     """A setting's table of variants at their default alpha, then one alpha table per variant
     run at several alphas (every cell appears in exactly one of them), then its cost."""
     task, model, fraction, epochs = setting
-    order = {v: i for i, v in enumerate(VARIANTS)}
     alphas: dict[str, list] = {}
     for variant, alpha in cells:
         alphas.setdefault(variant, []).append(alpha)
@@ -1004,11 +1004,11 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
            "| variant | alpha | accuracy (%) | seeds | mean label weight r |"
            + (" paper, bert-base (%) |" if paper else ""),
            "|---|---|---|---|---|" + ("---|" if paper else "")]
-    for variant, alpha in sorted(cells, key=lambda r: (order.get(r[0], 99), r[1] or 0)):
+    for variant, alpha in sorted(cells, key=lambda r: (VARIANT_ORDER.get(r[0], 99), r[1] or 0)):
         if variant not in swept or alpha == DEFAULT_ALPHA.get(variant):
             out.append(format_row(cells[(variant, alpha)], f"{variant} | {alpha if alpha is not None else '–'}",
                                   PAPER_TREC.get(variant, float("nan")) if paper else None))
-    for variant in sorted(swept, key=lambda v: order.get(v, 99)):
+    for variant in sorted(swept, key=lambda v: VARIANT_ORDER.get(v, 99)):
         out += [(f"\n**alpha's effect: {variant}, {name}** (lam ~ Beta(alpha, alpha); every "
                  "alpha is reported, none is chosen)\n"),
                 "| alpha | accuracy (%) | seeds | mean label weight r |", "|---|---|---|---|"]
@@ -1042,35 +1042,34 @@ def format_curve(lines: dict[tuple, list]) -> list[str]:
     return out
 
 
-def format_tables(settings: dict[tuple, dict[tuple, Cell]]) -> str:
+def format_tables(settings: dict[tuple, dict[tuple, Cell]], lines: dict[tuple, list]) -> str:
     """The summary in Markdown: per setting, mean +- std (sample std over seeds) per variant,
-    settings with more variants first (Table 3's), then the sparse-data curve's numbers."""
+    settings with more variants first (Table 3's), then the numbers of the curve's `lines`."""
     out = []
     for setting in sorted(settings, key=lambda s: (s[0], s[1], -len({v for v, _ in settings[s]}),
                                                     -s[2], s[3])):
         out += format_setting(setting, settings[setting])
-    return "\n".join(out + format_curve(curve_points(settings)))
+    return "\n".join(out + format_curve(lines))
 
 
 def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
     """Figure 2's experiment: per (task, encoder, variant) at its default alpha, the points
     (fraction, mean, std, seeds) of every setting it ran in, for the variants measured at three
     fractions or more (two points make no curve), in the order of VARIANTS."""
-    lines: dict[tuple, list] = {}
+    lines: dict[tuple, dict[float, tuple]] = {}  # {(task, model, variant): {fraction: (epochs, point)}}
     for (task, model, fraction, epochs), cells in settings.items():
         for (variant, alpha), cell in cells.items():
-            if alpha == DEFAULT_ALPHA.get(variant):
-                twin = [s for s in settings if s[:3] == (task, model, fraction) and s[3] != epochs
-                        and (variant, alpha) in settings[s]]
-                if twin:
-                    raise UsageError(f"{variant} ran on {100 * fraction:g}% of {task} for both "
-                                     f"{epochs} and {twin[0][3]} epochs, two points at one place "
-                                     "on the curve; summarize them from separate folders.")
-                mean, std = cell.mean_std()
-                lines.setdefault((task, model, variant), []).append(
-                    (fraction, mean, std or 0.0, len(cell.seeds)))
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    return {key: sorted(lines[key]) for key in sorted(lines, key=lambda k: (k[:2], order.get(k[2], 99)))
+            if alpha != DEFAULT_ALPHA.get(variant):
+                continue
+            line = lines.setdefault((task, model, variant), {})
+            if fraction in line:  # the same share trained for two epoch counts: two settings
+                raise UsageError(f"{variant} ran on {100 * fraction:g}% of {task} for both "
+                                 f"{epochs} and {line[fraction][0]} epochs, two points at one place "
+                                 "on the curve; summarize them from separate folders.")
+            mean, std = cell.mean_std()
+            line[fraction] = (epochs, (fraction, mean, std or 0.0, len(cell.seeds)))
+    return {key: [point for _, (_, point) in sorted(lines[key].items())]
+            for key in sorted(lines, key=lambda k: (k[:2], VARIANT_ORDER.get(k[2], 99)))
             if len(lines[key]) >= 3}
 
 
@@ -1107,10 +1106,11 @@ def plot_curve(lines: dict[tuple, list], path: Path) -> str:
 
 def summarize(folder: Path) -> int:
     settings = collect_results(folder)
-    tables = format_tables(settings)
+    lines = curve_points(settings)
+    tables = format_tables(settings, lines)
     print(tables)
     write_text_atomic(folder / "summary.md", tables)
-    print(f"wrote {folder / 'summary.md'}; " + plot_curve(curve_points(settings), folder / "curve.png"))
+    print(f"wrote {folder / 'summary.md'}; " + plot_curve(lines, folder / "curve.png"))
     return 0
 
 # ---------------------------------------------------------------------------------------------
