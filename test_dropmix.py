@@ -1137,6 +1137,20 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     assert "three training fractions" in capsys.readouterr().out
 
 
+def test_summary_seed_by_seed_means(tmp_path):
+    # Two variants, seeds 1 and 2 each, plus a seed 3 only G has: seeds 1 and 2 are averaged.
+    for variant, accs, alpha in (("dropout", (0.90, 0.94), None), ("G", (0.92, 0.98, 0.99), 0.25)):
+        for seed, acc in enumerate(accs, 1):
+            fake_result(tmp_path, f"{variant}{seed}", variant, seed, acc, alpha=alpha)
+    settings = train.collect_results(tmp_path)
+    table = train.format_tables(settings, train.curve_points(settings))
+    assert "By seed, mean of these 2 rows: seed 1 91.00, seed 2 96.00 (spread 5.00 points)." \
+           in table
+    fake_result(tmp_path, "base1", "base", 1, 0.9)  # now only seed 1 is shared: no line
+    settings = train.collect_results(tmp_path)
+    assert "By seed" not in train.format_tables(settings, train.curve_points(settings))
+
+
 def test_summary_alpha_table_and_curve(tmp_path, capsys):
     for seed, acc in zip((1, 2), (0.80, 0.84)):
         fake_result(tmp_path, f"g25-{seed}", "G", seed, acc, fraction=0.1, epochs=30, alpha=0.25)

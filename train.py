@@ -1004,10 +1004,13 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
            "| variant | alpha | accuracy (%) | seeds | mean label weight r |"
            + (" paper, bert-base (%) |" if paper else ""),
            "|---|---|---|---|---|" + ("---|" if paper else "")]
+    shown = []  # the main table's cells
     for variant, alpha in sorted(cells, key=lambda r: (VARIANT_ORDER.get(r[0], 99), r[1] or 0)):
         if variant not in swept or alpha == DEFAULT_ALPHA.get(variant):
-            out.append(format_row(cells[(variant, alpha)], f"{variant} | {alpha if alpha is not None else '–'}",
+            shown.append(cells[(variant, alpha)])
+            out.append(format_row(shown[-1], f"{variant} | {alpha if alpha is not None else '–'}",
                                   PAPER_TREC.get(variant, float("nan")) if paper else None))
+    out += format_seed_means(shown)
     for variant in sorted(swept, key=lambda v: VARIANT_ORDER.get(v, 99)):
         out += [(f"\n**alpha's effect: {variant}, {name}** (lam ~ Beta(alpha, alpha); every "
                  "alpha is reported, none is chosen)\n"),
@@ -1020,6 +1023,18 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
                f"clock); results from commit{'s' if len(commits) > 1 else ''} "
                + ", ".join(c[:10] for c in commits) + "\n")
     return out
+
+
+def format_seed_means(cells: list[Cell]) -> list[str]:
+    """The seed's own effect, to weigh the differences between rows against: each seed's
+    accuracy averaged over the rows, for the seeds every row ran with (none if under two)."""
+    shared = sorted(set.intersection(*(set(c.seeds) for c in cells))) if len(cells) > 1 else []
+    if len(shared) < 2:
+        return []
+    means = [statistics.mean(c.accuracy[c.seeds.index(s)] for c in cells) for s in shared]
+    return [f"\nBy seed, mean of these {len(cells)} rows: "
+            + ", ".join(f"seed {s} {m:.2f}" for s, m in zip(shared, means))
+            + f" (spread {max(means) - min(means):.2f} points)."]
 
 
 def format_curve(lines: dict[tuple, list]) -> list[str]:
