@@ -1050,9 +1050,10 @@ def format_curve(lines: dict[tuple, list]) -> list[str]:
                 "|---|" + "---|" * len(fractions)]
         for variant, points in rows.items():
             at = {p[0]: p for p in points}
+            # One seed has no spread: print its accuracy alone, as the tables above do.
             out.append(f"| {variant} | " + " | ".join(
-                f"{at[f][1]:.2f} +- {at[f][2]:.2f} ({at[f][3]})" if f in at else "–"
-                for f in fractions) + " |")
+                "–" if f not in at else f"{at[f][1]:.2f} (1)" if at[f][3] == 1
+                else f"{at[f][1]:.2f} +- {at[f][2]:.2f} ({at[f][3]})" for f in fractions) + " |")
         out.append("")
     return out
 
