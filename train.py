@@ -981,12 +981,15 @@ def collect_results(folder: Path) -> dict[tuple, dict[tuple, Cell]]:
     return settings
 
 
+def format_accuracy(mean: float, std: float | None) -> str:
+    """mean +- std, or the mean alone where there is no spread (one seed: std is None)."""
+    return f"{mean:.2f} +- {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
 def format_row(cell: Cell, label: str, paper: float | None = None) -> str:
     """One table row: label | accuracy mean +- std | seeds | r (| the paper's number)."""
-    mean, std = cell.mean_std()
-    spread = f" +- {std:.2f}" if std is not None else ""
     weight = f"{statistics.mean(cell.label_weight):.3f}" if cell.label_weight else "–"
-    return (f"| {label} | {mean:.2f}{spread} | {len(cell.seeds)} | {weight} |"
+    return (f"| {label} | {format_accuracy(*cell.mean_std())} | {len(cell.seeds)} | {weight} |"
             + (f" {paper:.2f} |" if paper is not None else ""))
 
 
@@ -1049,11 +1052,10 @@ def format_curve(lines: dict[tuple, list]) -> list[str]:
                 "| variant | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
                 "|---|" + "---|" * len(fractions)]
         for variant, points in rows.items():
-            at = {p[0]: p for p in points}
-            # One seed has no spread: print its accuracy alone, as the tables above do.
-            out.append(f"| {variant} | " + " | ".join(
-                "–" if f not in at else f"{at[f][1]:.2f} (1)" if at[f][3] == 1
-                else f"{at[f][1]:.2f} +- {at[f][2]:.2f} ({at[f][3]})" for f in fractions) + " |")
+            # {fraction: "mean +- std (seeds)"}; one seed has no spread, as in the tables above.
+            at = {f: f"{format_accuracy(mean, std if seeds > 1 else None)} ({seeds})"
+                  for f, mean, std, seeds in points}
+            out.append(f"| {variant} | " + " | ".join(at.get(f, "–") for f in fractions) + " |")
         out.append("")
     return out
 
