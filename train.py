@@ -1052,8 +1052,8 @@ def format_curve(lines: dict[tuple, list]) -> list[str]:
                 "| variant | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
                 "|---|" + "---|" * len(fractions)]
         for variant, points in rows.items():
-            # {fraction: "mean +- std (seeds)"}; one seed has no spread, as in the tables above.
-            at = {f: f"{format_accuracy(mean, std if seeds > 1 else None)} ({seeds})"
+            # {fraction: "mean +- std (seeds)"}; one seed has no spread (std None), as above.
+            at = {f: f"{format_accuracy(mean, std)} ({seeds})"
                   for f, mean, std, seeds in points}
             out.append(f"| {variant} | " + " | ".join(at.get(f, "–") for f in fractions) + " |")
         out.append("")
@@ -1072,8 +1072,9 @@ def format_tables(settings: dict[tuple, dict[tuple, Cell]], lines: dict[tuple, l
 
 def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
     """Figure 2's experiment: per (task, encoder, variant) at its default alpha, the points
-    (fraction, mean, std, seeds) of every setting it ran in, for the variants measured at three
-    fractions or more (two points make no curve), in the order of VARIANTS."""
+    (fraction, mean, std, seeds) of every setting it ran in (std None for one seed), for the
+    variants measured at three fractions or more (two points make no curve), in the order of
+    VARIANTS."""
     lines: dict[tuple, dict[float, tuple]] = {}  # {(task, model, variant): {fraction: (epochs, point)}}
     for (task, model, fraction, epochs), cells in settings.items():
         for (variant, alpha), cell in cells.items():
@@ -1085,7 +1086,7 @@ def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
                                  f"{epochs} and {line[fraction][0]} epochs, two points at one place "
                                  "on the curve; summarize them from separate folders.")
             mean, std = cell.mean_std()
-            line[fraction] = (epochs, (fraction, mean, std or 0.0, len(cell.seeds)))
+            line[fraction] = (epochs, (fraction, mean, std, len(cell.seeds)))
     return {key: [point for _, (_, point) in sorted(lines[key].items())]
             for key in sorted(lines, key=lambda k: (k[:2], VARIANT_ORDER.get(k[2], 99)))
             if len(lines[key]) >= 3}
@@ -1107,7 +1108,7 @@ def plot_curve(lines: dict[tuple, list], path: Path) -> str:
         # Nudge each line sideways a little (log axis) so that error bars do not hide each other.
         shift = 1 + 0.03 * (i - (len(lines) - 1) / 2)
         ax.errorbar([100 * p[0] * shift for p in points], [p[1] for p in points],
-                    yerr=[p[2] for p in points], marker="o", capsize=3,
+                    yerr=[p[2] or 0.0 for p in points], marker="o", capsize=3,  # 1 seed: no bar
                     label=variant if len(pairs) == 1 else f"{variant} ({task}, {model})")
     ax.set_xscale("log")
     ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
