@@ -12,7 +12,10 @@ Conventions (B = batch, N = tokens, D = embedding channels):
     X_B  (B, N, D)  its partner: the batch rolled by one, X_B[b] = X_A[b - 1]. The loader
                     shuffles, so this is a random pairing, and no example meets itself (B >= 2).
     lam  (B,)       one Beta(alpha, alpha) draw per example
-    r    (B,)       the share of example b that comes from its partner: its label weight
+    r    (B,)       the share of example b that comes from its partner: its label weight.
+                    Every variant measures it on A: Mixup's lam weighs all of X_A; SSMix's is
+                    B's tokens over A's ordinary tokens; DropMix's is S / (L_A D), L_A being
+                    A's own number of ordinary tokens.
 
 Imports torch and patches.py (the mask) only.
 """
@@ -50,7 +53,8 @@ def input_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 def mixup(x: torch.Tensor, attention_mask: torch.Tensor,
           lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Section 3.2, eq. 1: X~ = (1 - lam) X_A + lam X_B; the label weight of Y_B is lam.
+    """Section 3.2, eq. 1: X~ = (1 - lam) X_A + lam X_B; the label weight of Y_B is lam, the
+    share of every unit of X_A (all of A's positions) that B's values make up.
 
     x: (B, N, D), attention_mask: (B, N), lam: (B,). Both sentences are read, so the mixed
     input attends to the union of the two attention masks. Returns (X~, its attention mask).
@@ -93,41 +97,50 @@ def mixing_region(ordinary: torch.Tensor) -> torch.Tensor:
 
 
 def region_mask(saliency: torch.Tensor, region: torch.Tensor, n: int, d: int,
-                lam: float | torch.Tensor) -> torch.Tensor:
+                lam: float | torch.Tensor, budget_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Section 4.1, eq. 4, inside the region V: M, (B, N, D) bool, 0 outside V.
 
     V need not be contiguous, so its rows are first moved to the front of each example (in
-    order): patch_mask then sees an ordinary (L, D) map per example, and its mask is scattered
-    back to the V positions. saliency: I_A (B, N, D); region: V (B, N); lam float or (B,).
+    order): patch_mask then sees an ordinary (|V|, D) map per example, and its mask is
+    scattered back to the V positions. saliency: I_A (B, N, D); region: V (B, N); lam float
+    or (B,); budget_rows: (B,) the N of the budget floor(lam N D), default |V| (dropmix passes
+    L_A). When V holds fewer units than the budget, M takes what V allows.
     """
     B, N, D = saliency.shape
     key = (~region).long() * N + torch.arange(N, device=saliency.device)  # (B, N)
     order = key.argsort(dim=1)[:, :, None].expand(B, N, D)               # (B, N, D)
-    L = region.sum(1)                                                    # (B,)
-    compact = patch_mask(saliency.gather(1, order), n, d, lam, L)        # (B, N, D), rows < L
+    rows_of_V = region.sum(1)                                            # (B,)
+    compact = patch_mask(saliency.gather(1, order), n, d, lam, rows_of_V,
+                         budget_rows)                                    # (B, N, D), rows < |V|
     return torch.zeros_like(compact).scatter_(1, order, compact)         # (B, N, D)
 
 
-def dropmix(x: torch.Tensor, saliency: torch.Tensor, region: torch.Tensor, n: int, d: int,
+def dropmix(x: torch.Tensor, saliency: torch.Tensor, ordinary: torch.Tensor, n: int, d: int,
             lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Section 4, eq. 2 and eq. 5: drop the most salient n x d patches of X_A within a lam
     budget and put X_B's units in their place.
 
     x:        X_A, (B, N, D); X_B = partner(X_A).
     saliency: I_A = |dL/dX_A|, (B, N, D).
-    region:   V, (B, N) bool (see `mixing_region`); outside V, M = 0.
+    ordinary: (B, N) bool, the positions of A's ordinary tokens (`ordinary_tokens`). The units
+              replaced lie in V = `mixing_region(ordinary)`; outside V, M = 0.
     n, d:     the window (patches.window_shape); lam: (B,) the Beta draws.
-    Returns X~ (B, N, D) and the label weight r = S / (L * D), (B,), where L is the number of
-    rows of V and S the number of units replaced.
+    Returns X~ (B, N, D) and the label weight r = S / (L_A * D), (B,): the share of A's own
+    units that now hold B's values.
     """
     D = x.shape[2]
-    M = region_mask(saliency, region, n, d, lam)                         # (B, N, D)
+    region = mixing_region(ordinary)                                     # V: (B, N)
+    # L_A, A's own number of ordinary tokens: the N of lam N D (section 4) and of S / (N D)
+    # (eq. 5). The mixed input keeps all of A's L_A tokens (A's attention mask), so the budget
+    # and the label weight count A's units, while M may only take units of V, where B holds a
+    # token too. Where |V| < L_A (a shorter partner) the budget may exceed what V holds.
+    L_A = ordinary.sum(1)                                                # (B,)
+    M = region_mask(saliency, region, n, d, lam, budget_rows=L_A)        # (B, N, D)
     # eq. 2: X~ = (1 - M) * X_A + M * X_B   (M is 0/1, so this is a selection)
     mixed = torch.where(M, partner(x), x)                                # (B, N, D)
-    # eq. 5: the label weight of Y_B is S / (L D), S = sum of M
+    # eq. 5: the label weight of Y_B is S / (L_A D), S = sum of M
     S = M.sum((1, 2))                                                    # (B,)
-    L = region.sum(1)                                                    # (B,)
-    r = S / (L * D).clamp(min=1)                                         # (B,), 0 when L = 0
+    r = S / (L_A * D).clamp(min=1)                                       # (B,), 0 when L_A = 0
     return mixed, r.to(x.dtype)
 
 
@@ -176,7 +189,7 @@ def ssmix(input_ids: torch.Tensor, saliency: torch.Tensor, segments: torch.Tenso
     segments:  (B, N) from `token_segments`.
     share:     the span is max(1, int(share * L_A)) tokens of each segment (L_A its length).
     Returns the mixed ids (B, N), the label weight r (B,) = replaced / all ordinary tokens of
-    A, and a (B,) bool of the examples left unmixed because a partner segment was shorter
+    A (a share of A, like DropMix's S / (L_A D)), and a (B,) bool of the examples left unmixed because a partner segment was shorter
     than the span.
     """
     B, N = input_ids.shape

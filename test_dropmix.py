@@ -9,6 +9,7 @@ it is absent. Nothing is downloaded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -53,67 +54,70 @@ def literal_window_activation(I: torch.Tensor, n: int, d: int) -> torch.Tensor:
     return F_
 
 
-def literal_patch_mask(I: torch.Tensor, n: int, d: int, lam, lengths) -> torch.Tensor:
-    """Eq. 3-4 as written: rank the windows of the example's L rows (a window taller than the
-    example cut to L), then add whole windows, best first, until the next one would take the
-    union past floor(lam * L * D) units."""
-    B, N, D = I.shape
-    M = torch.zeros(B, N, D, dtype=torch.bool)
-    for b in range(B):
-        L = int(lengths[b])
-        h = min(n, L)
-        scores = literal_window_activation(I[b:b + 1, :L], h, d)[0]
-        windows = sorted(((float(scores[i, j]), i, j) for i in range(L - h + 1)
-                          for j in range(D - d + 1)), reverse=True)
-        budget = math.floor(float(lam[b]) * L * D)
-        union: set = set()
-        for _, i, j in windows:
-            grown = union | set(patches.window_units(i, j, h, d))
-            if len(grown) > budget:
-                break
-            union = grown
-        for p, q in union:
-            M[b, p, q] = True
-    return M
-
-
-def random_mask_case(rng: random.Random):
+def random_mask_case(rng: random.Random, ties: bool = False):
+    """A random batch for eq. 4: shapes, windows taller than the text, lam at 0 and 1, a
+    budget counted on N >= L rows (DropMix's L_A >= |V|), and, with `ties`, a saliency map of
+    a few distinct values (all zero at times), so that equal windows straddle the budget."""
     B, N, D = rng.randint(1, 4), rng.randint(1, 9), rng.randint(1, 8)
     n = rng.choice([1, 2, 3, rng.randint(1, N), N, N + 3])
-    d = rng.choice([1, 2, D, rng.randint(1, D)])
-    d = min(d, D)
-    lengths = torch.tensor([rng.randint(1, N) for _ in range(B)])
+    d = min(rng.choice([1, 2, D, rng.randint(1, D)]), D)
+    lengths = torch.tensor([rng.randint(0 if ties else 1, N) for _ in range(B)])
     lengths[rng.randrange(B)] = N
+    budget_rows = lengths + torch.tensor([rng.choice([0, 0, 1, 5]) for _ in range(B)])
     lam = torch.tensor([rng.choice([0.0, 1e-3, 0.02, rng.random(), 0.98, 0.999, 1.0])
                         for _ in range(B)], dtype=torch.float64)
-    I = torch.rand(B, N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(rng.randrange(10**9)))
-    return I, n, d, lam, lengths
+    g = torch.Generator().manual_seed(rng.randrange(10**9))
+    if ties:
+        I = torch.randint(0, rng.choice([1, 2, 3]), (B, N, D), generator=g).double()
+    else:
+        I = torch.rand(B, N, D, dtype=torch.float64, generator=g)
+    return I, n, d, lam, lengths, budget_rows
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct scores", "tied scores"])
 @pytest.mark.parametrize("order_statistic", ["selection (CPU)", "sorting (GPU)"])
-def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, monkeypatch):
+def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, ties, monkeypatch):
     if order_statistic.startswith("sorting"):  # the path a GPU takes, run here on the CPU
         monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
     rng = random.Random(0)
     for _ in range(200):
-        I, n, d, lam, lengths = random_mask_case(rng)
-        expected = literal_patch_mask(I, n, d, lam, lengths)
-        got = patches.patch_mask(I, n, d, lam, lengths)
-        assert torch.equal(got, expected), (I.shape, n, d, lam, lengths)
+        I, n, d, lam, lengths, budget_rows = random_mask_case(rng, ties)
+        expected = patches.literal_patch_mask(I, n, d, lam, lengths, budget_rows)
+        got = patches.patch_mask(I, n, d, lam, lengths, budget_rows)
+        assert torch.equal(got, expected), (I.shape, n, d, lam, lengths, budget_rows)
+        # eq. 4: never past the budget, and an empty mask only where the first window is too big
+        S = got.sum((1, 2))
+        assert (S <= patches.unit_budget(lam, budget_rows, I.shape[2])).all()
 
 
 def test_patch_mask_float32_and_scalar_lam():
     rng = random.Random(1)
     for _ in range(50):
-        I, n, d, lam, lengths = random_mask_case(rng)
+        I, n, d, lam, lengths, _ = random_mask_case(rng)
         I32 = I.float()
-        expected = literal_patch_mask(I32.double(), n, d, lam[:1].expand(len(lam)), lengths)
+        expected = patches.literal_patch_mask(I32, n, d, lam[:1].expand(len(lam)), lengths)
         assert torch.equal(patches.patch_mask(I32, n, d, float(lam[0]), lengths), expected)
+
+
+def test_tied_windows_are_taken_in_reading_order():
+    # An all-zero map: every window ties, so eq. 4 takes them in reading order (row, then
+    # channel) until the budget: floor(0.5 * 2 * 4) = 4 units are the first row.
+    zero = torch.zeros(1, 2, 4)
+    assert patches.patch_mask(zero, 1, 1, 0.5).tolist() == [[[True] * 4, [False] * 4]]
+    # C: channels 1 and 3 tie for the top; a budget of one channel takes channel 1.
+    I = torch.tensor([[[0.1, 0.9, 0.2, 0.9], [0.1, 0.3, 0.2, 0.3]]])     # (1, L=2, D=4)
+    M = patches.patch_mask(I, 2, 1, 0.25)                                # budget 2 units
+    assert M[0].any(0).tolist() == [False, True, False, False]
+    assert torch.equal(M, patches.literal_patch_mask(I, 2, 1, 0.25))
+    # two equal top windows of G (2 x 1) that overlap nothing: the budget fits one of them
+    I = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]]])
+    M = patches.patch_mask(I, 2, 1, 0.25)                                # budget 2 units
+    assert M[0].nonzero().tolist() == [[0, 0], [1, 0]]
 
 
 def test_kth_largest_sorting_and_selection_agree():
     g = torch.Generator().manual_seed(0)
-    values = torch.rand(7, 50, generator=g)
+    values = torch.randint(-1, 40, (7, 50), generator=g)                 # keys, with ties
     count = torch.randint(0, 51, (7,), generator=g)
     k = torch.randint(0, 55, (7,), generator=g)
     by_sort = patches._kth_largest_by_sorting(values, k, count)
@@ -121,7 +125,7 @@ def test_kth_largest_sorting_and_selection_agree():
     assert torch.equal(by_sort, by_select)
     for b in range(7):
         kept = sorted(values[b, :count[b]].tolist(), reverse=True)
-        expected = kept[k[b]] if k[b] < len(kept) else -math.inf
+        expected = kept[k[b]] if k[b] < len(kept) else -1
         assert by_sort[b].item() == expected
 
 
@@ -155,45 +159,109 @@ def test_window_shapes_of_section_4_2():
         patches.window_shape("G", 40, 384, d=385)
 
 
-def mask_through_dropmix(variant, lengths_a, D=6, lam=0.5, n=None, seed=0):
-    """dropmix on a single-sentence batch of the given lengths ([CLS] ... [SEP] pad)."""
-    B, N = len(lengths_a), max(lengths_a) + 2
-    g = torch.Generator().manual_seed(seed)
-    special = torch.ones(B, N, dtype=torch.bool)
-    attention = torch.zeros(B, N, dtype=torch.long)
-    for b, length in enumerate(lengths_a):
-        special[b, 1:length + 1] = False
-        attention[b, :length + 2] = 1
-    batch = {"attention_mask": attention, "special_tokens_mask": special.long()}
-    region = mix.mixing_region(mix.ordinary_tokens(batch))
-    I = torch.rand(B, N, D, generator=g)
-    x = torch.randn(B, N, D, generator=g)
-    n_, d_ = patches.window_shape(variant, N, D, n=n)
-    lam_t = torch.full((B,), lam)
-    mixed, r = mix.dropmix(x, I, region, n_, d_, lam_t)
-    M = mixed != x  # randn: a replaced unit differs from the original
-    return M, r, region, lam_t
+# ---------------------------------------------------------------------------------------------
+# mix.dropmix (eq. 2 and eq. 5) against a literal loop, unit by unit
+# ---------------------------------------------------------------------------------------------
+
+def literal_dropmix(x, I, ordinary, n, d, lam):
+    """Eq. 2 and 5 with loops: for each example A and its partner B (the example before it),
+    V lists the positions where both hold an ordinary token; eq. 4 runs on V's rows of I_A
+    with the budget floor(lam L_A D), L_A = A's ordinary tokens; each unit of M, placed back
+    at its V position, takes B's value. Returns X~ and r = S / (L_A D)."""
+    B, N, D = x.shape
+    mixed, r = x.clone(), torch.zeros(B, dtype=x.dtype)
+    for b in range(B):
+        p = (b - 1) % B                                   # the partner: the batch rolled by one
+        V = [t for t in range(N) if ordinary[b, t] and ordinary[p, t]]
+        L_A = int(ordinary[b].sum())
+        M = patches.literal_patch_mask(I[b, V][None], n, d, lam[b:b + 1],
+                                       torch.tensor([len(V)]), torch.tensor([L_A]))[0]
+        for k, t in enumerate(V):
+            for q in range(D):
+                if M[k, q]:
+                    mixed[b, t, q] = x[p, t, q]
+        r[b] = int(M.sum()) / (L_A * D) if L_A else 0.0
+    return mixed, r
 
 
-@pytest.mark.parametrize("variant", ["U", "C", "W", "G"])
-def test_dropmix_settings_stay_in_V_and_within_budget(variant):
-    for seed in range(20):
-        rng = random.Random(seed)
-        lengths = [rng.randint(1, 9) for _ in range(5)]
-        lam = rng.random()
-        M, r, region, lam_t = mask_through_dropmix(variant, lengths, lam=lam, seed=seed,
-                                                   n=2 if variant in "WG" else None)
-        assert not M[~region].any()  # nothing outside V: [CLS], [SEP], padding, partner's pad
-        L, D = region.sum(1), M.shape[2]
-        S = M.sum((1, 2))
-        assert (S <= torch.floor(lam * L * D)).all()
-        torch.testing.assert_close(r, S / (L * D).clamp(min=1))
+def random_token_layout(rng: random.Random, B: int, N: int, pairs: bool) -> torch.Tensor:
+    """(B, N) bool ordinary tokens of [CLS] a [SEP] (b [SEP]) pad, lengths at random; now and
+    then an example with no ordinary token at all (an empty V for it and its successor)."""
+    ordinary = torch.zeros(B, N, dtype=torch.bool)
+    for b in range(B):
+        if rng.random() < 0.1:
+            continue
+        if pairs:
+            a_len = rng.randint(1, max(1, (N - 3) // 2))
+            b_len = rng.randint(1, N - 3 - a_len)
+            ordinary[b, 1:1 + a_len] = True
+            ordinary[b, 2 + a_len:2 + a_len + b_len] = True
+        else:
+            ordinary[b, 1:1 + rng.randint(1, N - 2)] = True
+    return ordinary
+
+
+def check_dropmix_against_literal(cases: int = 60, seed: int = 0) -> None:
+    """Random batches, single texts and pairs, every variant: dropmix's X~ equals the literal
+    loop's unit for unit, r equals it, and r is the share of A's units that changed."""
+    rng = random.Random(seed)
+    for case in range(cases):
+        B, N, D = rng.randint(2, 5), rng.randint(5, 14), rng.randint(1, 6)
+        ordinary = random_token_layout(rng, B, N, pairs=case % 2 == 1)
+        g = torch.Generator().manual_seed(case)
+        x = torch.randn(B, N, D, generator=g)      # every unit of B differs from A's
+        I = torch.rand(B, N, D, generator=g)
+        lam = torch.tensor([rng.choice([0.0, 1.0, rng.random(), rng.random()]) for _ in range(B)])
+        variant = rng.choice(["U", "C", "W", "G"])
+        n, d = patches.window_shape(variant, N, D, n=rng.randint(1, 4))
+        mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
+        expected, expected_r = literal_dropmix(x, I, ordinary, n, d, lam)
+        assert torch.equal(mixed, expected), (case, variant)
+        torch.testing.assert_close(r, expected_r)
+        L_A = ordinary.sum(1)
+        changed = ((mixed != x) & ordinary[:, :, None]).sum((1, 2))      # A's units now B's
+        assert not ((mixed != x) & ~ordinary[:, :, None]).any()
+        torch.testing.assert_close(r, changed / (L_A * D).clamp(min=1))
+
+
+def test_dropmix_equals_the_literal_loop_unit_for_unit():
+    check_dropmix_against_literal()
+
+
+def test_the_literal_check_catches_a_wrong_place_and_a_missing_mix(monkeypatch):
+    # V's rows scattered back in reverse order: the right count at the wrong units.
+    def reversed_region_mask(saliency, region, n, d, lam, budget_rows=None):
+        M = original(saliency, region, n, d, lam, budget_rows)
+        out = torch.zeros_like(M)
         for b in range(M.shape[0]):
-            Mb = M[b][region[b]]  # (L, D)
-            if variant == "C":    # whole channels of the valid rows
-                assert (Mb.all(0) | ~Mb.any(0)).all()
-            if variant == "W":    # whole rows
-                assert (Mb.all(1) | ~Mb.any(1)).all()
+            rows = region[b].nonzero().flatten()
+            out[b, rows] = M[b, rows.flip(0)]
+        return out
+    original = mix.region_mask
+    monkeypatch.setattr(mix, "region_mask", reversed_region_mask)
+    with pytest.raises(AssertionError):
+        check_dropmix_against_literal()
+    # A DropMix that mixes nothing.
+    monkeypatch.setattr(mix, "region_mask", lambda saliency, *args, **kwargs:
+                        torch.zeros_like(saliency, dtype=torch.bool))
+    with pytest.raises(AssertionError):
+        check_dropmix_against_literal()
+
+
+def test_label_weight_counts_A_not_the_overlap():
+    # A holds 20 ordinary tokens, its partner 2: at most 2 of A's rows can take B's values,
+    # and with lam = 1 they do, so r = 2 D / (20 D) = 0.1 (|V| = 2 would claim 1.0).
+    N, D = 24, 4
+    ordinary = torch.zeros(2, N, dtype=torch.bool)
+    ordinary[0, 1:3] = True                    # the partner of example 1: 2 tokens
+    ordinary[1, 1:21] = True                   # A: 20 tokens
+    x = torch.randn(2, N, D, generator=torch.Generator().manual_seed(0))
+    mixed, r = mix.dropmix(x, torch.rand(2, N, D), ordinary, 1, 1, torch.ones(2))
+    assert r[1].item() == pytest.approx(0.1)
+    assert torch.equal(mixed[1, 1:3], x[0, 1:3]) and torch.equal(mixed[1, 3:], x[1, 3:])
+    # A of 2 tokens beside a partner of 20: the budget counts A's 2 rows only.
+    _, r = mix.dropmix(x, torch.rand(2, N, D), ordinary, 1, 1, torch.full((2,), 0.5))
+    assert r[0].item() == pytest.approx(0.5)
 
 
 def test_unit_variant_takes_single_most_salient_units():
@@ -203,16 +271,16 @@ def test_unit_variant_takes_single_most_salient_units():
 
 
 def test_mixing_identities():
-    M, r, region, _ = mask_through_dropmix("G", [4, 6, 5], lam=0.0, n=2)
-    assert not M.any() and (r == 0).all()          # M = 0 gives X_A
     g = torch.Generator().manual_seed(3)
     B, N, D = 3, 8, 4
     x = torch.randn(B, N, D, generator=g)
-    region = torch.zeros(B, N, dtype=torch.bool)
-    region[:, 1:5] = True
-    mixed, r = mix.dropmix(x, torch.rand(B, N, D, generator=g), region, 2, 1, torch.ones(B))
-    assert torch.equal(mixed[region], mix.partner(x)[region])  # M = 1 on V gives X_B on V
-    assert torch.equal(mixed[~region], x[~region])
+    ordinary = torch.zeros(B, N, dtype=torch.bool)
+    ordinary[:, 1:5] = True
+    mixed, r = mix.dropmix(x, torch.rand(B, N, D, generator=g), ordinary, 2, 1, torch.zeros(B))
+    assert torch.equal(mixed, x) and (r == 0).all()            # lam = 0 gives X_A
+    mixed, r = mix.dropmix(x, torch.rand(B, N, D, generator=g), ordinary, 2, 1, torch.ones(B))
+    assert torch.equal(mixed[ordinary], mix.partner(x)[ordinary])  # lam = 1 gives X_B on V
+    assert torch.equal(mixed[~ordinary], x[~ordinary])
     assert torch.equal(r, torch.ones(B))
 
 
@@ -240,13 +308,15 @@ def test_mixing_region_of_sentence_pairs_is_not_contiguous():
     # A: [CLS] a a [SEP] b [SEP] ; B: [CLS] a [SEP] b b [SEP]
     special = torch.tensor([[1, 0, 0, 1, 0, 1], [1, 0, 1, 0, 0, 1]])
     batch = {"attention_mask": torch.ones(2, 6, dtype=torch.long), "special_tokens_mask": special}
-    region = mix.mixing_region(mix.ordinary_tokens(batch))
+    ordinary = mix.ordinary_tokens(batch)
+    region = mix.mixing_region(ordinary)
     assert region[0].tolist() == [False, True, False, False, True, False]
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 6, 3, generator=g)
-    mixed, r = mix.dropmix(x, torch.rand(2, 6, 3, generator=g), region, 1, 1, torch.ones(2))
+    mixed, r = mix.dropmix(x, torch.rand(2, 6, 3, generator=g), ordinary, 1, 1, torch.ones(2))
     assert torch.equal(mixed[region], mix.partner(x)[region])
     assert torch.equal(mixed[~region], x[~region])
+    torch.testing.assert_close(r, torch.tensor([2 / 3, 2 / 3]))  # |V| = 2 of A's 3 tokens
 
 
 # =============================================================================================
@@ -445,6 +515,112 @@ def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "TREC.train.all" in errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Any encoder family: the variant's dropout reaches every layer; a head of another size
+# ---------------------------------------------------------------------------------------------
+
+def write_tiny_encoder(folder: Path, family: str) -> Path:
+    """A 2-layer, 32-wide random encoder of `family`, saved like a pretrained checkpoint with
+    a tokenizer of TINY_WORDS: RoBERTa gets a byte-level BPE (<s> a </s></s> b </s>, no
+    token types), the others WordPiece. Its config's dropout fields hold odd values (0.37),
+    so that a field the loader misses shows."""
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(TINY_WORDS)] * 4, vocab_size=300, show_progress=False,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(folder))
+        tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(folder))
+    else:
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = transformers.BertTokenizerFast.from_pretrained(str(folder))
+    size = dict(vocab_size=len(tokenizer), max_position_embeddings=130)
+    odd = 0.37
+    config = {
+        "bert": lambda: transformers.BertConfig(
+            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
+        "roberta": lambda: transformers.RobertaConfig(
+            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd, classifier_dropout=odd),
+        "distilbert": lambda: transformers.DistilBertConfig(
+            **size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=odd,
+            attention_dropout=odd, seq_classif_dropout=odd),
+        "albert": lambda: transformers.AlbertConfig(
+            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
+            attention_probs_dropout_prob=odd, classifier_dropout_prob=odd),
+        "electra": lambda: transformers.ElectraConfig(
+            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
+            attention_probs_dropout_prob=odd, classifier_dropout=odd),
+    }[family]()
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")
+
+
+def dropout_probabilities(model) -> set:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(family, tmp_path,
+                                                                            capsys):
+    from transformers import AutoModelForSequenceClassification
+    folder = write_tiny_encoder(tmp_path / family, family)
+    labels = data.TASKS["rte"].label_names
+    for variant, expected in (("base", 0.0), ("dropout", 0.1), ("G", 0.1)):
+        (config,) = train.configs_from_args(train.build_parser().parse_args(
+            ["--task", "rte", "--variant", variant, "--model", str(folder)]))
+        torch.manual_seed(0)
+        tokenizer, model = train.load_encoder(config.model, labels, config.dropout)
+        assert dropout_probabilities(model) == {expected}, variant
+        assert "follow no config field" not in capsys.readouterr().out
+        model.save_pretrained(tmp_path / "saved")            # the saved config says it too
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+        assert dropout_probabilities(reloaded) == {expected}, variant
+    # one DropMix-G step on sentence pairs: finite loss, the head and the embeddings learn
+    texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
+             ("how many", "the world is called the world"), ("where", "in the country")]
+    encoded = data.encode([data.Example(a, b, i % 2) for i, (a, b) in enumerate(texts)],
+                          tokenizer, 32)
+    batch = data.make_collate(tokenizer)(encoded)
+    model.train()
+    step = train.mixing_step(config, model, batch, 1.0, contextlib.nullcontext(),
+                             contextlib.nullcontext())
+    assert math.isfinite(step.loss) and 0 < step.label_weight < 1
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n)
+
+
+@needs_data
+def test_a_checkpoint_with_another_head_size_starts_a_new_head(tmp_path, capsys):
+    two_class = write_tiny_bert(tmp_path / "sst2-like", num_labels=2)
+    out = tmp_path / "run"
+    assert run_train(*TINY_RUN, "--variant", "dropout", "--model", two_class,
+                     "--data-dir", DATA, "--output-dir", out) == 0
+    assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
+    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
+    assert list(saved["id2label"].values()) == list(data.TASKS["trec"].label_names)
+    assert saved["hidden_dropout_prob"] == 0.1 and saved["classifier_dropout"] == 0.1
+
+
+@needs_data
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tiny_bert, tmp_path, capsys):
+    assert run_train(*TINY_RUN, "--variant", "base", "--model", tiny_bert, "--data-dir", DATA,
+                     "--output-dir", tmp_path / "run", "--no-save-model", "--resume") == 0
+    assert "holds no checkpoint, so the run starts fresh" in capsys.readouterr().out
 
 
 # =============================================================================================
@@ -1009,6 +1185,8 @@ BAD_INPUTS = {
     "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range 0,200 must lie within 1..128"),
     "empty": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
     "model": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist"),
+    "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
+    "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
 }
 
 
@@ -1212,11 +1390,15 @@ def load_grid_module():
 def test_grid_plan_covers_the_issue():
     grid = load_grid_module()
     runs = grid.plan()
-    assert len({r.name for r in runs}) == len(runs) == 90
-    full = [r for r in runs if r.fraction == 1.0]
+    assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27
+    full = [r for r in runs if r.fraction == 1.0 and r.task == "trec"]
     assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
     assert all(r.alpha == train.DEFAULT_ALPHA.get(r.variant) for r in full)
     assert {r.alpha for r in runs if r.fraction == 0.1 and r.variant == "G"} == {0.1, 0.25, 0.5, 1.0}
+    others = [(r.task, r.variant, r.alpha, r.epochs, r.seed) for r in runs if r.task != "trec"]
+    assert sorted(others) == sorted((t, v, {"dropout": None}.get(v, 0.25), 3, s)
+                                    for t in ("rte", "cr", "mpqa") for v in ("dropout", "C", "G")
+                                    for s in (1, 2, 3))
 
 
 def test_grid_writes_the_tables_into_the_readme_block(tmp_path):
@@ -1247,18 +1429,19 @@ def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_
     runs = [grid.Run("dropout", None, 0.0118, 2, 1), grid.Run("G", 0.25, 0.0118, 2, 1)]
     extra = ["--model", str(tiny_bert), "--data-dir", str(DATA), "--batch-size", "16",
              "--device", "cpu"]
-    results_dir, work = tmp_path / "results", tmp_path / "work"
-    results_dir.mkdir()
+    results_root, work = tmp_path / "results", tmp_path / "work"
+    results_dir = results_root / "trec"
+    results_dir.mkdir(parents=True)
     (results_dir / f"{runs[0].name}.json").write_text("{}")  # finished before: skipped
     # an interrupted run: one of its two epochs done, checkpoint kept
-    assert run_train(*runs[1].flags(), *extra, "--output-dir", work / runs[1].name,
+    assert run_train(*runs[1].flags(), *extra, "--output-dir", work / "trec" / runs[1].name,
                      "--no-save-model", "--stop-after", "1", "--no-progress") == 0
-    grid.run_grid(runs, results_dir, work, extra)
+    grid.run_grid(runs, results_root, work, extra)
     assert (results_dir / f"{runs[0].name}.json").read_text() == "{}"
     finished = json.loads((results_dir / f"{runs[1].name}.json").read_text())
     assert [e["epoch"] for e in finished["epochs"]] == [1, 2]
-    assert "resuming" in (work / runs[1].name / "log.txt").read_text()
-    assert not (work / runs[0].name).exists()
+    assert "resuming" in (work / "trec" / runs[1].name / "log.txt").read_text()
+    assert not (work / "trec" / runs[0].name).exists()
 
 
 # =============================================================================================
@@ -1357,11 +1540,12 @@ def test_region_mask_is_the_mask_dropmix_applies():
     torch.manual_seed(0)
     B, N, D = 3, 9, 8
     I = torch.rand(B, N, D)
-    region = torch.rand(B, N) > 0.3
+    ordinary = torch.rand(B, N) > 0.3
     x = torch.arange(B, dtype=torch.float32)[:, None, None].expand(B, N, D).clone()
     lam = torch.tensor([0.3, 0.5, 0.2])
-    mixed, _ = mix.dropmix(x, I, region, 2, 1, lam)
-    assert torch.equal(mix.region_mask(I, region, 2, 1, lam), mixed != x)
+    mixed, _ = mix.dropmix(x, I, ordinary, 2, 1, lam)
+    M = mix.region_mask(I, mix.mixing_region(ordinary), 2, 1, lam, budget_rows=ordinary.sum(1))
+    assert torch.equal(M, mixed != x)
 
 
 # ---------------------------------------------------------------------------------------------

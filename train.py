@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
-from mix import (dropmix, input_dropout, mixed_cross_entropy, mixing_region, mixup,
+from mix import (dropmix, input_dropout, mixed_cross_entropy, mixup,
                  ordinary_tokens, partner, sample_lam, ssmix, token_segments)
 from patches import N_RANGE, window_shape
 from saliency import clean_step, model_inputs, saliency_map, word_embeddings
@@ -320,9 +320,17 @@ def default_model_dir() -> Path:
 
 
 def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
-    """The tokenizer and a sequence classifier with a fresh head of len(label_names) classes.
-    Seed before calling: the head's initial weights come from torch's generator."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The tokenizer and a sequence classifier of len(label_names) classes whose every dropout
+    layer has probability `dropout`. Seed before calling: a new head's initial weights come
+    from torch's generator.
+
+    Any Hugging Face encoder: the config fields that name a dropout probability differ by
+    family (BERT's hidden_dropout_prob, DistilBERT's dropout and seq_classif_dropout, ALBERT's
+    classifier_dropout_prob, ...), so every field with "dropout" in its name is set, which
+    the saved config then records. A checkpoint whose classification head has another number
+    of classes keeps its encoder and gets a new head of the task's size.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
     hf_logging.disable_progress_bar()
@@ -333,16 +341,52 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
         raise UsageError(f"the model folder {name} does not exist.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
+        has_head = any(arch.endswith("ForSequenceClassification")
+                       for arch in config.architectures or [])
+        new_head = has_head and config.num_labels != len(label_names)
+        if new_head:
+            print(f"{name} has a head of {config.num_labels} classes; starting a new head of "
+                  f"{len(label_names)} for this task", flush=True)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {label: i for i, label in enumerate(label_names)}
+        for field_name, value in config.to_dict().items():
+            if "dropout" in field_name and (value is None or type(value) in (int, float)):
+                setattr(config, field_name, dropout)
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={label: i for i, label in enumerate(label_names)},
-            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-            classifier_dropout=dropout)
+            source, config=config, ignore_mismatched_sizes=new_head)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"cannot load the model {name!r}: {first_line}") from None
+    stray = [module_name for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.Dropout) and module.p != dropout]
+    if stray:  # a family whose layers read a field without "dropout" in its name
+        set_dropout(model, dropout)
+        print(f"note: {len(stray)} dropout layers of {name} (e.g. {stray[0]}) follow no config "
+              f"field; set to {dropout} here, but a reload of the saved model will not "
+              "restore that", flush=True)
     return tokenizer, model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every torch.nn.Dropout layer of the model to probability p."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def check_max_len(max_len: int, tokenizer, model, is_pair: bool) -> None:
+    """--max-len must leave room for a word of each text beside the special tokens, and fit
+    the model's position table."""
+    specials = tokenizer.num_special_tokens_to_add(pair=is_pair)
+    least = specials + (2 if is_pair else 1)
+    if max_len < least:
+        raise UsageError(f"--max-len {max_len} leaves no room for words: the tokenizer adds "
+                         f"{specials} special tokens to each {'pair' if is_pair else 'text'}, "
+                         f"so it must be at least {least}.")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_len > positions:
+        raise UsageError(f"--max-len {max_len} is longer than the model's {positions} positions.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +435,7 @@ def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
         return {"inputs_embeds": x, **model_inputs(batch), "attention_mask": attention_mask}, lam, 0
     n, d = window_shape(config.variant, x.shape[1], x.shape[2], n_range=config.n_range,
                         d=config.window_width)
-    region = mixing_region(ordinary_tokens(batch))               # V: (B, N)
-    x, r = dropmix(x, saliency, region, n, d, lam)               # eq. 2 and eq. 5
+    x, r = dropmix(x, saliency, ordinary_tokens(batch), n, d, lam)   # eq. 2 and eq. 5
     return {"inputs_embeds": x, **model_inputs(batch)}, r, 0
 
 
@@ -573,6 +616,8 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
             return "resume"
         raise UsageError(f"{out} holds an unfinished run; pass --resume to continue it or "
                          "--overwrite to start over.")
+    if resume:
+        print(f"--resume: {out} holds no checkpoint, so the run starts fresh", flush=True)
     return "new"
 
 
@@ -717,6 +762,7 @@ def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
     tokenizer, model = load_encoder(config.model, task.spec.label_names, config.dropout)
     torch.manual_seed(config.seed + procs.rank)
     model.to(procs.device).train()
+    check_max_len(config.max_len, tokenizer, model, task.spec.is_pair)
     D = unwrap(model).get_input_embeddings().embedding_dim
     if config.variant == "G" and config.window_width > D:
         raise UsageError(f"--window-width {config.window_width} is wider than the "
@@ -812,12 +858,6 @@ def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
         from transformers import BertConfig, BertForSequenceClassification
         model = BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
     return tokenizer, model
-
-
-def set_dropout(model: torch.nn.Module, p: float) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
 
 
 def time_steps(model, optimizer, batches: list[dict], config: RunConfig,

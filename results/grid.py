@@ -1,13 +1,13 @@
-"""The accuracy grid on TREC: every variant of Table 3, 10% of the data, alpha, and Figure 2's
-sparse-data curve. One run at a time, in order; a run whose result file exists is skipped, and
-an interrupted run continues from its last epoch checkpoint, so the grid can be stopped and
-restarted at any moment.
+"""The accuracy grid: on TREC every variant of Table 3, 10% of the data, Figure 2's sparse-data
+curve and alpha; then Table 3's dropout, C and G on RTE, CR and MPQA. One run at a time, in
+order; a run whose result file exists is skipped, and an interrupted run continues from its
+last epoch checkpoint, so the grid can be stopped and restarted at any moment.
 
     python results/grid.py            # run (or continue) the whole grid
     python results/grid.py --list     # what is done and what is left
     python results/grid.py --readme README.md   # the tables into the README's results block
 
-Each finished run's results.json is copied, atomically, to results/trec/NAME.json;
+Each finished run's results.json is copied, atomically, to results/TASK/NAME.json;
 `python train.py --summarize results/trec` turns those files into the README's tables.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Run:
     fraction: float
     epochs: int
     seed: int
+    task: str = "trec"
 
     @property
     def name(self) -> str:
@@ -44,7 +45,7 @@ class Run:
         return f"{self.variant}-a{alpha}-f{self.fraction:g}-e{self.epochs}-s{self.seed}"
 
     def flags(self) -> list[str]:
-        flags = ["--task", "trec", "--variant", self.variant, "--train-fraction", str(self.fraction),
+        flags = ["--task", self.task, "--variant", self.variant, "--train-fraction", str(self.fraction),
                  "--epochs", str(self.epochs), "--seed", str(self.seed)]
         return flags + (["--alpha", str(self.alpha)] if self.alpha is not None else [])
 
@@ -55,21 +56,23 @@ def plan() -> list[Run]:
     runs = []
     for fraction in (1.0, 0.1):                                     # Table 3, full and 10%
         runs += [Run(v, ALPHA.get(v), fraction, EPOCHS[fraction], s) for s in SEEDS for v in VARIANTS]
-    runs += [Run("G", a, 0.1, EPOCHS[0.1], s) for s in SEEDS for a in (0.1, 0.5, 1.0)]  # alpha
     for fraction in (0.05, 0.25, 0.5):                              # Figure 2's curve
         runs += [Run(v, ALPHA.get(v), fraction, EPOCHS[fraction], s)
                  for s in SEEDS for v in ("dropout", "C", "G")]
+    runs += [Run("G", a, 0.1, EPOCHS[0.1], s) for s in SEEDS for a in (0.1, 0.5, 1.0)]  # alpha
+    for task in ("rte", "cr", "mpqa"):                              # Table 3 beyond TREC
+        runs += [Run(v, ALPHA.get(v), 1.0, 3, s, task) for s in SEEDS for v in ("dropout", "C", "G")]
     return runs
 
 
-def run_grid(runs: list[Run], results_dir: Path, work_dir: Path, extra: list[str] = ()) -> None:
-    """Run every run without a result file; copy each finished result into results_dir."""
-    results_dir.mkdir(parents=True, exist_ok=True)
+def run_grid(runs: list[Run], results_root: Path, work_dir: Path, extra: list[str] = ()) -> None:
+    """Run every run without a result file; copy each finished result into results_root/TASK."""
     for index, run in enumerate(runs, 1):
-        target = results_dir / f"{run.name}.json"
+        target = results_root / run.task / f"{run.name}.json"
         if target.exists():
             continue
-        out = work_dir / run.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = work_dir / run.task / run.name
         out.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(REPO / "train.py"), *run.flags(), "--output-dir", str(out),
                    "--no-save-model", "--no-progress", "--resume", *extra]
@@ -120,17 +123,17 @@ def update_readme(readme: Path, results_dir: Path, total: int) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="show done and pending runs, run nothing")
-    parser.add_argument("--results-dir", default=str(REPO / "results" / "trec"),
-                        help="where finished result files go")
+    parser.add_argument("--results-root", default=str(REPO / "results"),
+                        help="finished result files go to RESULTS_ROOT/TASK/NAME.json")
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "grid"),
                         help="where runs keep checkpoints and logs while they run")
     parser.add_argument("--readme", default=None, metavar="README",
                         help="run nothing; regenerate the tables and curve from the result files "
                              "and write them into README's results block")
     args = parser.parse_args()
-    runs, results_dir = plan(), Path(args.results_dir)
+    runs, results_root = plan(), Path(args.results_root)
     if args.readme is not None:
-        error = update_readme(Path(args.readme), results_dir, len(runs))
+        error = update_readme(Path(args.readme), results_root / "trec", len(runs))
         if error:
             print(error, file=sys.stderr)
             return 2
@@ -138,9 +141,10 @@ def main() -> int:
         return 0
     if args.list:
         for run in runs:
-            print(("done " if (results_dir / f"{run.name}.json").exists() else "todo ") + run.name)
+            done = (results_root / run.task / f"{run.name}.json").exists()
+            print(("done " if done else "todo ") + f"{run.task}/{run.name}")
         return 0
-    run_grid(runs, results_dir, Path(args.work_dir))
+    run_grid(runs, results_root, Path(args.work_dir))
     return 0
 
 
