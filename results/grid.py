@@ -5,16 +5,15 @@ last epoch checkpoint, so the grid can be stopped and restarted at any moment.
 
     python results/grid.py            # run (or continue) the whole grid
     python results/grid.py --list     # what is done and what is left
-    python results/grid.py --readme README.md   # the tables into the README's results block
+    python results/grid.py --readme   # the tables into results/README.md and README.md
 
 Each finished run's results.json is copied, atomically, to results/TASK/NAME.json;
-`python train.py --summarize results/trec` turns those files into the README's tables.
+results/summary.py turns those files into the tables.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("base", "dropout", "mixup", "dropout-mixup", "ssmix", "U", "C", "W", "G")
-ALPHA = {"mixup": 0.1, "dropout-mixup": 0.1, "U": 0.25, "C": 0.25, "W": 0.25, "G": 0.25}
+sys.path[:0] = [str(REPO), str(REPO / "results")]  # the top-level modules, and summary.py
+
+import data  # noqa: E402
+import summary  # noqa: E402
+from train import VARIANTS  # noqa: E402
+
 SEEDS = (1, 2, 3)
-# Every setting gets about the same number of optimizer steps (~515 at batch 32): 3 epochs of
-# all 5,452 questions (the paper's baseline setting), 30 of 10%, 57 of 5%, 12 of 25%, 6 of 50%.
+# Every TREC setting gets about the same number of optimizer steps (~515 at batch 32): 3 epochs
+# of all 5,452 questions (the paper's baseline setting), 30 of 10%, 57 of 5%, 12 of 25%, 6 of 50%.
 EPOCHS = {1.0: 3, 0.5: 6, 0.25: 12, 0.1: 30, 0.05: 57}
+TASKS = ("trec", "rte", "cr", "mpqa")  # the results folders, in the order the grid fills them
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,15 @@ class Run:
 def plan() -> list[Run]:
     """The grid, in the order it runs: seeds outer and variants inner, so that every variant
     has a first seed before any has a third."""
-    runs = []
-    for fraction in (1.0, 0.1):                                     # Table 3, full and 10%
-        runs += [Run(v, ALPHA.get(v), fraction, EPOCHS[fraction], s) for s in SEEDS for v in VARIANTS]
-    for fraction in (0.05, 0.25, 0.5):                              # Figure 2's curve
-        runs += [Run(v, ALPHA.get(v), fraction, EPOCHS[fraction], s)
-                 for s in SEEDS for v in ("dropout", "C", "G")]
-    runs += [Run("G", a, 0.1, EPOCHS[0.1], s) for s in SEEDS for a in (0.1, 0.5, 1.0)]  # alpha
-    for task in ("rte", "cr", "mpqa"):                              # Table 3 beyond TREC
-        runs += [Run(v, ALPHA.get(v), 1.0, 3, s, task) for s in SEEDS for v in ("dropout", "C", "G")]
+    def runs_of(variants, fraction, epochs, task="trec", alphas=None):
+        return [Run(v, a, fraction, epochs, s, task) for s in SEEDS for v in variants
+                for a in (alphas or [VARIANTS[v].alpha])]
+    runs = runs_of(VARIANTS, 1.0, EPOCHS[1.0]) + runs_of(VARIANTS, 0.1, EPOCHS[0.1])  # Table 3
+    for fraction in (0.05, 0.25, 0.5):                                     # Figure 2's curve
+        runs += runs_of(("dropout", "C", "G"), fraction, EPOCHS[fraction])
+    runs += runs_of(("G",), 0.1, EPOCHS[0.1], alphas=(0.1, 0.5, 1.0))    # alpha
+    for task in TASKS[1:]:                                                 # beyond TREC
+        runs += runs_of(("dropout", "C", "G"), 1.0, 3, task)
     return runs
 
 
@@ -76,48 +80,60 @@ def run_grid(runs: list[Run], results_root: Path, work_dir: Path, extra: list[st
         out.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(REPO / "train.py"), *run.flags(), "--output-dir", str(out),
                    "--no-save-model", "--no-progress", "--resume", *extra]
-        print(f"[{time.strftime('%H:%M:%S')}] {index}/{len(runs)} {run.name}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {index}/{len(runs)} {run.task} {run.name}", flush=True)
         with open(out / "log.txt", "a") as log:
             status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
         produced = out / f"seed-{run.seed}" / "results.json"
         if status != 0 or not produced.exists():
             print(f"  failed with status {status}; see {out / 'log.txt'}", flush=True)
             continue
-        tmp = target.with_suffix(".json.tmp")
-        shutil.copyfile(produced, tmp)
-        os.replace(tmp, target)  # a result file is whole or absent
+        data.atomic_write(target, produced.read_bytes())  # a result file is whole or absent
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def update_readme(readme: Path, results_dir: Path, total: int) -> str | None:
-    """Regenerate the tables (train.py --summarize) and put them, with the grid's progress,
-    between the README's START and END markers. Returns an error sentence, or None."""
-    summary = subprocess.run([sys.executable, str(REPO / "train.py"), "--summarize", str(results_dir)],
-                             capture_output=True, text=True)
-    if summary.returncode != 0:
-        return summary.stderr.strip() or f"train.py --summarize failed with status {summary.returncode}."
+def replace_block(readme: Path, block: str) -> str | None:
+    """Put `block` between the README's START and END markers, atomically. Returns an error
+    sentence, or None."""
     try:
         text = readme.read_text()
     except OSError as error:
         return f"cannot read {readme}: {error.strerror}."
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         return f"{readme} needs one {START} line followed by one {END} line."
-    done = len(list(results_dir.glob("*.json")))
-    block = [f"**Status: {done} of the grid's {total} runs are finished** (every table below is "
-             "regenerated from the result files by `python results/grid.py --readme README.md`).",
-             (results_dir / "summary.md").read_text().strip()]
-    curve = results_dir / "curve.png"
-    if curve.exists():
-        link = os.path.relpath(curve, readme.resolve().parent)
-        block.append(f"![Test accuracy against the share of the training set]({link})")
     before, rest = text.split(START)
-    after = rest.split(END)[1]
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(before + START + "\n" + "\n\n".join(block) + "\n" + END + after)
-    os.replace(tmp, readme)  # the README is never half-written
+    data.atomic_write(readme, before + START + "\n" + block.strip() + "\n" + END + rest.split(END)[1])
     return None
+
+
+def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readme: Path
+                   ) -> str | None:
+    """Regenerate every task's tables (results/summary.py) and put them, with the grid's
+    progress, into results/README.md's results block, and the first table of TREC (Table 3's
+    setting) with the cross-task table into README.md's. Returns an error sentence, or None."""
+    folders = [results_root / task for task in TASKS if (results_root / task).is_dir()]
+    try:
+        tables = {folder.name: summary.summarize(folder) for folder in folders}
+        cross = summary.cross_task_table(folders)
+    except summary.UsageError as error:
+        return str(error)
+    done = sum((results_root / r.task / f"{r.name}.json").exists() for r in runs)
+    status = (f"**Status: {done} of the grid's {len(runs)} runs are finished** (every table "
+              "below is regenerated from the result files by `python results/grid.py --readme`).")
+    block = [status]
+    for name, text in tables.items():
+        block.append(text.strip())
+        curve = results_root / name / "curve.png"
+        if curve.exists():
+            link = os.path.relpath(curve, readme.resolve().parent)
+            block.append(f"![Test accuracy against the share of the training set]({link})")
+    block.append("**C and G minus dropout on each task's full training set**\n\n" + cross)
+    first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
+    return (replace_block(readme, "\n\n".join(block))
+            or replace_block(main_readme, "\n\n".join([status, first_table.strip(),
+                                                       "**C and G minus dropout, per task**\n\n"
+                                                       + cross])))
 
 
 def main() -> int:
@@ -127,17 +143,19 @@ def main() -> int:
                         help="finished result files go to RESULTS_ROOT/TASK/NAME.json")
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "grid"),
                         help="where runs keep checkpoints and logs while they run")
-    parser.add_argument("--readme", default=None, metavar="README",
-                        help="run nothing; regenerate the tables and curve from the result files "
-                             "and write them into README's results block")
+    parser.add_argument("--readme", action="store_true",
+                        help="run nothing; regenerate the tables and curves from the result files "
+                             "and write them into the results blocks of results/README.md and "
+                             "README.md")
     args = parser.parse_args()
     runs, results_root = plan(), Path(args.results_root)
-    if args.readme is not None:
-        error = update_readme(Path(args.readme), results_root / "trec", len(runs))
+    if args.readme:
+        error = update_readmes(results_root, runs, REPO / "results" / "README.md",
+                               REPO / "README.md")
         if error:
             print(error, file=sys.stderr)
             return 2
-        print(f"updated {args.readme}")
+        print("updated results/README.md and README.md")
         return 0
     if args.list:
         for run in runs:

@@ -1,0 +1,230 @@
+"""What each variant costs: the time of a training step, and of the mask alone.
+
+    python results/bench.py --task trec --steps 30                    # the encoder you train with
+    python results/bench.py --task trec --steps 30 --shape bert-base  # the paper's shape, random weights
+    python results/bench.py --mask                                    # patch_mask against eq. 4's loop
+
+The step table times training steps (forward, backward, clipping, AdamW) of every variant on the
+same batches in one process; the variants take turns in three rounds and each keeps its median,
+so a drift of the machine's speed does not favour whichever ran first. Columns:
+    s/step          one training step of the variant, as train.py runs it
+    x dropout       s/step over dropout's s/step at the same precision
+    mask ms         building the mixed input alone (saliency -> mask -> mixed embeddings, or
+                    SSMix's spans; the lam draw included), timed apart from the step
+    mask % of step  mask ms over the variant's step
+    literal s/step  the same step with the saliency map from a pass of its own (one more
+                    forward and backward), as a literal reading of section 4.1 and SSMix's
+                    published code do; train.py reuses the clean pass instead
+    x dropout       literal s/step over dropout's s/step
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
+
+import data  # noqa: E402
+import patches  # noqa: E402
+import train  # noqa: E402
+from saliency import clean_step, saliency_map  # noqa: E402
+
+# the variants that use the saliency map, and so have a literal step to compare with
+SALIENCY_VARIANTS = [name for name, v in train.VARIANTS.items() if v.mixes in ("ssmix", "dropmix")]
+
+
+def now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def literal_step(config: train.RunConfig, model, batch: dict) -> None:
+    """A mixing step whose saliency map costs a forward and backward pass of its own."""
+    train.plain_step(model, batch, 0.5, config.bf16)
+    train.mixed_pass(config, model, batch, saliency_map(model, batch), 0.5)
+
+
+def time_steps(model, optimizer, batches: list[dict], config: train.RunConfig,
+               literal: bool = False) -> float:
+    """Seconds per training step (forward, backward, clip, AdamW) over `batches`."""
+    train.set_dropout(model, config.dropout)
+    device = batches[0]["input_ids"].device
+    null = contextlib.nullcontext
+    start = now(device)
+    for batch in batches:
+        if literal:
+            literal_step(config, model, batch)
+        elif train.VARIANTS[config.variant].mixes:
+            train.mixing_step(config, model, batch, 1.0, null(), null())
+        else:
+            train.plain_step(model, batch, 1.0, config.bf16)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (now(device) - start) / len(batches)
+
+
+def time_mask(model, batches: list[dict], config: train.RunConfig) -> float:
+    """Seconds per batch spent building the mixed input from a saliency map made beforehand."""
+    train.set_dropout(model, config.dropout)
+    device = batches[0]["input_ids"].device
+    seconds = 0.0
+    for batch in batches:
+        _, I = clean_step(model, batch)
+        model.zero_grad(set_to_none=True)
+        start = now(device)
+        train.mixed_inputs(config, model, batch, I.float())
+        seconds += now(device) - start
+    return seconds / len(batches)
+
+
+def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
+    """The encoder to time: the given model, or bert-base's shape (12 layers, 768 wide) with
+    random weights and the default encoder's tokenizer (the same uncased 30,522 words)."""
+    tokenizer, model = train.load_encoder(model_name, label_names, 0.1)
+    if shape == "bert-base":
+        from transformers import BertConfig, BertForSequenceClassification
+        model = BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
+    return tokenizer, model
+
+
+def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> list[dict]:
+    """Time every variant on the same batches; returns one row per (variant, precision)."""
+    device = train.parse_device(args.device)
+    train.seed_everything(0)
+    task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+    tokenizer, model = benchmark_model(args.shape, args.model, task.spec.label_names)
+    model.to(device).train()
+    collate = data.make_collate(tokenizer, args.max_len if args.shape == "bert-base" else None)
+    encoded = data.encode(task.train, tokenizer, args.max_len)
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
+    per_round = max(1, args.steps // rounds)
+    batches = []
+    for i in range(warmup + per_round):
+        chunk = [encoded[order[(i * args.batch_size + j) % len(order)]]
+                 for j in range(args.batch_size)]
+        batches.append({k: v.to(device) for k, v in collate(chunk).items()})
+    precisions = [False] + [True] * (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    configs = {(variant, bf16): train.configs_from_args(train.build_parser().parse_args(
+                   ["--task", args.task, "--variant", variant, "--batch-size", str(args.batch_size)]
+                   + ["--bf16"] * bf16))[0]
+               for bf16 in precisions for variant in train.VARIANTS}
+    optimizer, _ = train.build_optimizer(model, configs[("dropout", False)], 10**6)
+    timings: dict[tuple, list] = {key: [] for key in configs}
+    for key, config in configs.items():  # warm-up: allocations, caches
+        time_steps(model, optimizer, batches[:warmup], config)
+    for _ in range(rounds):
+        for (variant, bf16), config in configs.items():
+            mixing = bool(train.VARIANTS[variant].mixes)
+            timings[(variant, bf16)].append((
+                time_steps(model, optimizer, batches[warmup:], config),
+                time_mask(model, batches[warmup:], config) if mixing else None,
+                time_steps(model, optimizer, batches[warmup:], config, literal=True)
+                if variant in SALIENCY_VARIANTS else None))
+    median = lambda values: statistics.median(values) if values[0] is not None else None  # noqa: E731
+    return [{"variant": variant, "bf16": bf16, "steps": per_round * rounds,
+             "seconds_per_step": median([t[0] for t in runs]),
+             "mask_seconds": median([t[1] for t in runs]),
+             "literal_seconds_per_step": median([t[2] for t in runs])}
+            for (variant, bf16), runs in timings.items()]
+
+
+def format_steps(rows: list[dict], header: str) -> str:
+    """The step table in Markdown; each column as the module docstring defines it."""
+    out = [header,
+           "| variant | precision | s/step | x dropout | mask ms | mask % of step "
+           "| literal s/step | x dropout |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        plain = next(r["seconds_per_step"] for r in rows
+                     if r["variant"] == "dropout" and r["bf16"] == row["bf16"])
+        t, mask, literal = row["seconds_per_step"], row["mask_seconds"], row["literal_seconds_per_step"]
+        cells = [row["variant"], "bf16" if row["bf16"] else "fp32", f"{t:.4f}", f"{t / plain:.2f}",
+                 f"{1000 * mask:.2f}" if mask is not None else "–",
+                 f"{100 * mask / t:.1f}%" if mask is not None else "–",
+                 f"{literal:.4f}" if literal is not None else "–",
+                 f"{literal / plain:.2f}" if literal is not None else "–"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def seconds(fn, repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def mask_table(repeats: int = 20) -> str:
+    """patch_mask per window shape on a CPU, and the literal eq. 4 on one example."""
+    torch.manual_seed(0)
+    out = [f"patch_mask on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
+           "ms per batch, mean over n = 2, 5, ..., 32 for W and G",
+           "| shape (B, N, D) | U | C | W | G | G / C | literal loop (one example, U) | speed-up |",
+           "|---|---|---|---|---|---|---|---|"]
+    for B, N, D in ((32, 32, 384), (32, 128, 768)):
+        I = torch.rand(B, N, D)
+        lengths = torch.randint(2, N + 1, (B,))
+        lam = torch.distributions.Beta(0.25, 0.25).sample((B,))
+        times = {}
+        for variant in patches.WINDOWS:
+            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
+            shapes = [patches.window_shape(variant, N, D, n=h) for h in heights]
+            times[variant] = statistics.mean(
+                seconds(lambda: patches.patch_mask(I, n, d, lam, lengths), repeats) for n, d in shapes)
+        ms = {v: f"{1000 * t:.2f}" for v, t in times.items()}
+        literal = "– | –"
+        if N <= 32:  # the literal loop on one example of the batch, against patch_mask on it
+            one = (I[:1], 1, 1, lam[:1], lengths[:1])
+            slow = seconds(lambda: patches.literal_patch_mask(*one), 2)
+            fast = seconds(lambda: patches.patch_mask(*one), repeats)
+            literal = f"{1000 * slow:.0f} ms | {slow / fast:.0f}x"
+        out.append(f"| {B}, {N}, {D} | {ms['U']} | {ms['C']} | {ms['W']} | {ms['G']} "
+                   f"| {times['G'] / times['C']:.2f} | {literal} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = train.Parser(description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mask", action="store_true", help="time patch_mask alone, no model")
+    p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
+    p.add_argument("--steps", type=train.positive_int, default=30,
+                   help="timed steps per variant, over three rounds")
+    p.add_argument("--shape", choices=("model", "bert-base"), default="model",
+                   help="time --model, or bert-base's shape with random weights")
+    p.add_argument("--model", default=train.DEFAULT_MODEL, help="encoder, as train.py takes it")
+    p.add_argument("--batch-size", type=train.positive_int, default=32, help="examples per step")
+    p.add_argument("--max-len", type=train.positive_int, default=128,
+                   help="max tokens; bert-base's shape pads every batch to it")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K; default cuda if present")
+    p.add_argument("--data-dir", default=None, help="dataset folder, as train.py takes it")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code
+    if args.mask:
+        print(mask_table())
+        return 0
+    try:
+        rows = run_steps(args)
+        env = train.provenance(train.parse_device(args.device))
+    except (train.UsageError, data.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model = args.model if args.shape == "model" else "random bert-base"
+    print(format_steps(rows, f"{rows[0]['steps']} steps per variant in 3 rounds (median), batch "
+                             f"{args.batch_size}, task {args.task}, shape {args.shape} ({model}), "
+                             f"{env['device_name']}, torch {env['torch']}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
