@@ -1174,6 +1174,114 @@ def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     assert finished.stdout.count("test accuracy") == 1  # only rank 0 reports
 
 
+# A probe of the loop itself: train.train_epoch over 70 TREC questions (batches that do not
+# divide them evenly), with an optimizer that only records each step's gradients (so the
+# weights stay put and every step is compared on the same model), then train.predict over 499
+# test questions (a split two processes do not share evenly). Run alone or under torchrun.
+GRADIENT_PROBE = """
+import sys
+from pathlib import Path
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+sys.path.insert(0, sys.argv[1])
+import data, train
+
+model_dir, data_dir, batch_size, grad_accum, out = sys.argv[2:7]
+procs = train.setup_processes("cpu")
+task = data.load_task("trec", Path(data_dir))
+(config,) = train.configs_from_args(train.build_parser().parse_args(
+    ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
+     "--grad-accum", grad_accum]))
+torch.manual_seed(0)
+tokenizer, model = train.load_encoder(model_dir, task.spec.label_names, config.dropout)
+model.train()
+encoded = data.encode(task.train[:70], tokenizer, 32)
+sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=1)
+loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
+                    collate_fn=data.make_collate(tokenizer))
+if procs.world > 1:
+    model = DistributedDataParallel(model)
+steps = []
+
+class Recorder:
+    def step(self):
+        steps.append({n: p.grad.clone() for n, p in train.unwrap(model).named_parameters()
+                      if p.grad is not None})
+
+    def zero_grad(self, set_to_none=True):
+        model.zero_grad(set_to_none=set_to_none)
+
+class NoSchedule:
+    def step(self):
+        pass
+
+train.train_epoch(config, model, Recorder(), NoSchedule(), loader, procs, 0, False, Path(out))
+report = data.encode(task.report[:499], tokenizer, 32)
+predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
+if procs.main:
+    torch.save({"steps": steps, "predictions": predictions}, out)
+if procs.world > 1:
+    torch.distributed.destroy_process_group()
+"""
+
+
+def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum: int,
+                       processes: int = 1) -> dict:
+    import subprocess
+    script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
+    script.write_text(GRADIENT_PROBE)
+    launch = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(29500 + (os.getpid() + batch_size) % 1000)]
+    done = subprocess.run([*launch, str(script), str(HERE), str(model), str(DATA), str(batch_size),
+                           str(grad_accum), str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(out)
+
+
+def assert_same_steps(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for step_a, step_b in zip(a, b):
+        assert step_a.keys() == step_b.keys()
+        for name in step_a:
+            torch.testing.assert_close(step_a[name], step_b[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@needs_data
+def test_gradient_accumulation_and_ddp_equal_one_big_batch(tiny_bert, tmp_path):
+    # 70 questions: batches of 16 are 16, 16, 16, 16, 6 (five optimizer steps)
+    whole = run_gradient_probe(tmp_path, tiny_bert, 16, 1)
+    assert len(whole["steps"]) == 5
+    # batches of 8 accumulated two by two: 8+8 four times, then 6 alone
+    assert_same_steps(run_gradient_probe(tmp_path, tiny_bert, 8, 2)["steps"], whole["steps"])
+    # two processes of 8 each: 35 questions per process, so each ends on a batch of 3
+    ddp = run_gradient_probe(tmp_path, tiny_bert, 8, 1, processes=2)
+    assert_same_steps(ddp["steps"], whole["steps"])
+    # 499 test questions, predicted by every other example on each process, put back in order
+    assert len(ddp["predictions"]) == 499 and ddp["predictions"] == whole["predictions"]
+    # a wrong scale (each batch of 8 counted as a whole step) is caught
+    wrong = [{n: 2 * g for n, g in step.items()} for step in whole["steps"]]
+    with pytest.raises(AssertionError):
+        assert_same_steps(wrong, whole["steps"])
+
+
+@needs_data
+@pytest.mark.parametrize("variant", [v for v in train.VARIANTS if train.VARIANTS[v].mixes])
+def test_every_mixing_variant_trains_end_to_end_on_sentence_pairs(variant, tiny_bert, tmp_path):
+    out = tmp_path / "rte"
+    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
+                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
+                     "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
+                     "--output-dir", out, "--no-save-model") == 0
+    results = json.loads((out / "seed-1" / "results.json").read_text())
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
+    assert results["final"]["split"] == "dev" and results["final"]["selected_on"] == "last epoch"
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
+
+
 def write_trec_copy(folder: Path, train_bytes: bytes) -> Path:
     (folder / "trec").mkdir(parents=True)
     (folder / "trec/TREC.train.all").write_bytes(train_bytes)
@@ -1675,6 +1783,39 @@ def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# =============================================================================================
+# results/mask_overlap.py: how much the mask depends on the dropout draw
+# =============================================================================================
+
+def test_mask_overlap_counts_by_hand():
+    import mask_overlap
+    a = torch.zeros(3, 2, 2, dtype=torch.bool)
+    b = torch.zeros(3, 2, 2, dtype=torch.bool)
+    a[0, 0] = b[0, 0] = True                  # the same two units: 1
+    a[1, 0, 0], b[1, 1, 1] = True, True       # disjoint: 0
+    a[1, 0, 1] = b[1, 0, 1] = True            # ... plus one shared: 1 of 3
+    overlap = mask_overlap.iou(a, b)
+    assert overlap[:2].tolist() == [1.0, 1 / 3] and math.isnan(overlap[2])  # both empty
+    region = torch.tensor([[True, False], [True, True], [False, False]])
+    drawn = mask_overlap.random_mask_like(a, region, torch.Generator().manual_seed(0))
+    assert drawn.sum((1, 2)).tolist() == a.sum((1, 2)).tolist()
+    assert not (drawn & ~region[:, :, None]).any()
+
+
+@needs_data
+def test_mask_overlap_command_writes_its_table(tiny_bert, tmp_path, capsys):
+    import mask_overlap
+    out = tmp_path / "overlap.md"
+    assert mask_overlap.main(["--model", str(tiny_bert), "--batches", "2", "--data-dir",
+                              str(DATA), "--device", "cpu", "--out", str(out)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row[0] for row in rows[1:]] == ["| C", "| G"] and rows[1][1] == "64"
+    for row in rows[1:]:
+        for cell in row[4:]:
+            mean, median = (float(v) for v in cell.strip(" |").split(" / "))
+            assert 0 <= mean <= 1 and 0 <= median <= 1
 
 
 # =============================================================================================
