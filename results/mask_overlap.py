@@ -13,7 +13,7 @@ to the overlap of a training-mode mask with the mask of the model in eval mode (
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
 from pathlib import Path
 
@@ -60,8 +60,11 @@ def masks(model, batch: dict, variant: str, lam: torch.Tensor, n: int, train_mod
 
 def measure(model, loader, variant: str, alpha: float, generator: torch.Generator) -> dict:
     """Per example: the IoU of two training draws, of two random masks of the same sizes, and
-    of a training draw with eval mode; and the share of examples with an empty mask."""
-    draws, random_, evals, empty, sizes = [], [], [], 0, []
+    of a training draw with eval mode; the share of V the first draw takes; and how many
+    masks are empty. A lam near 0 or 1 (Beta(alpha, alpha) with a small alpha) makes masks
+    that take nothing or all of V, whose overlap says nothing of saliency, so the overlaps are
+    also given for the examples whose mask takes 10% to 90% of V."""
+    columns = {"draws": [], "random": [], "eval": [], "share": []}
     torch.manual_seed(0)  # lam per example and G's height per batch, shared by the masks compared
     lams = [sample_lam(alpha, batch["input_ids"].shape[0]) for batch in loader]
     heights = torch.randint(N_RANGE[0], N_RANGE[1] + 1, (len(loader),), generator=generator)
@@ -70,17 +73,22 @@ def measure(model, loader, variant: str, alpha: float, generator: torch.Generato
         second = masks(model, batch, variant, lam, n, True, seed=2 * b + 1)
         clean = masks(model, batch, variant, lam, n, False, seed=0)
         region = mixing_region(ordinary_tokens(batch))
-        draws.append(iou(first, second))
-        random_.append(iou(random_mask_like(first, region, generator),
-                           random_mask_like(second, region, generator)))
-        evals.append(iou(first, clean))
-        empty += int((first.sum((1, 2)) == 0).sum())
-        sizes.append(first.sum((1, 2)).double() / (region.sum(1) * first.shape[2]).clamp(min=1))
-    values = {name: [v for v in torch.cat(parts).tolist() if v == v]       # drop NaN: both empty
-              for name, parts in (("draws", draws), ("random", random_), ("eval", evals))}
-    return {"examples": sum(len(d) for d in draws), "empty": empty,
-            "share_of_V": statistics.mean(torch.cat(sizes).tolist()),
-            **{name: (statistics.mean(v), statistics.median(v), len(v)) for name, v in values.items()}}
+        columns["draws"].append(iou(first, second))
+        columns["random"].append(iou(random_mask_like(first, region, generator),
+                                     random_mask_like(second, region, generator)))
+        columns["eval"].append(iou(first, clean))
+        columns["share"].append(first.sum((1, 2)).double()
+                                / (region.sum(1) * first.shape[2]).clamp(min=1))
+    values = {name: torch.cat(parts) for name, parts in columns.items()}     # (examples,)
+    middle = (values["share"] > 0.1) & (values["share"] < 0.9)
+
+    def summary(x: torch.Tensor) -> tuple[float, float, int]:
+        x = x[~x.isnan()]                                                     # both masks empty
+        return (x.mean().item(), x.median().item(), len(x)) if len(x) else (math.nan, math.nan, 0)
+    return {"examples": len(values["share"]), "empty": int((values["share"] == 0).sum()),
+            "share_of_V": values["share"].mean().item(), "middle": int(middle.sum()),
+            **{name: summary(values[name]) for name in ("draws", "random", "eval")},
+            **{f"{name} middle": summary(values[name][middle]) for name in ("draws", "random", "eval")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     lines = [f"Mask overlap (IoU) per example, {args.task} training batches of 32, model "
-             f"{args.model}, lam ~ Beta(alpha, alpha) and n drawn once per batch and shared by "
-             "the masks compared (mean / median over the examples where either mask is "
-             "non-empty)\n",
+             f"{args.model}; lam ~ Beta(alpha, alpha) and n drawn once per batch and shared by "
+             "the masks compared; mean / median over the examples where either mask is "
+             "non-empty, and (second row of a variant) over those whose mask takes 10-90% of V\n",
              "| variant | examples | empty masks | mean share of V taken | two dropout draws "
              "| two random masks, same sizes | a dropout draw and eval mode |",
              "|---|---|---|---|---|---|---|"]
@@ -129,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {variant} | {result['examples']} | {result['empty']} "
                      f"| {result['share_of_V']:.3f} | {cell('draws')} | {cell('random')} "
                      f"| {cell('eval')} |")
+        lines.append(f"| {variant}, M takes 10-90% of V | {result['middle']} | – | – "
+                     f"| {cell('draws middle')} | {cell('random middle')} | {cell('eval middle')} |")
     table = "\n".join(lines) + "\n"
     print(table, end="")
     if args.out is not None:
