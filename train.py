@@ -495,8 +495,10 @@ def check_max_len(max_len: int, tokenizer, model, is_pair: bool) -> None:
         raise UsageError(f"--max-len {max_len} leaves no room for words: the tokenizer adds "
                          f"{specials} special tokens to each {'pair' if is_pair else 'text'}, "
                          f"so it must be at least {least}.")
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and max_len > positions:
+    # RoBERTa's table holds 2 more rows than it takes tokens; its tokenizer knows the limit
+    positions = min(getattr(model.config, "max_position_embeddings", math.inf),
+                    getattr(tokenizer, "model_max_length", math.inf))
+    if max_len > positions:
         raise UsageError(f"--max-len {max_len} is longer than the model's {positions} positions.")
 
 
