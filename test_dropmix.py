@@ -499,6 +499,21 @@ def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_pa
 
 
 @needs_data
+@pytest.mark.parametrize("variant", ["mixup", "U", "C"])
+def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, tmp_path,
+                                                           monkeypatch):
+    # lam alternates 0 (budget 0: nothing mixed, r = 0) and 1 (U's and C's top window always
+    # fits a budget of L_A D units), so exactly half of the 64 examples take nothing.
+    monkeypatch.setattr(train, "sample_lam",
+                        lambda alpha, size, device: (torch.arange(size, device=device) % 2).float())
+    out = tmp_path / "run"
+    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
+                     "--output-dir", out, "--no-save-model") == 0
+    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert epoch["mixed_examples"] == 64 and epoch["empty_mixes"] == 32
+
+
+@needs_data
 def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(*TINY_RUN, "--variant", "dropout", "--model", tiny_bert, "--seeds", "1,2",
@@ -1397,11 +1412,12 @@ def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
 # =============================================================================================
 
 def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: float,
-                fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5) -> None:
+                fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5,
+                empty: dict | None = None) -> None:
     config = {"task": "trec", "model": "all-MiniLM-L6-v2", "train_fraction": fraction,
               "epochs": epochs, "variant": variant, "alpha": alpha, "seed": seed, "lr": lr}
     results = {"config": config, "final": {"accuracy": accuracy},
-               "epochs": [{"mean_label_weight": 0.25 if alpha else None}],
+               "epochs": [{"mean_label_weight": 0.25 if alpha else None, **(empty or {})}],
                "environment": {"commit": "abc123"}, "timing": {"train_seconds": 1800.0}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(results))
@@ -1442,6 +1458,18 @@ def test_summary_seed_by_seed_means(tmp_path):
     fake_result(tmp_path, "base1", "base", 1, 0.9)  # now only seed 1 is shared: no line
     settings = summary.collect_results(tmp_path)
     assert "By seed" not in summary.format_tables(settings, summary.curve_points(settings))
+
+
+def test_summary_share_of_mixed_examples_that_took_nothing(tmp_path):
+    # G: 10 of 100 and 30 of 100 over two seeds; C's file predates the count: no share.
+    for seed, empty in ((1, 10), (2, 30)):
+        fake_result(tmp_path, f"g{seed}", "G", seed, 0.9, alpha=0.25,
+                    empty={"empty_mixes": empty, "mixed_examples": 100})
+    fake_result(tmp_path, "c1", "C", 1, 0.9, alpha=0.25)
+    settings = summary.collect_results(tmp_path)
+    table = summary.format_tables(settings, summary.curve_points(settings))
+    assert ("Mixed examples that took nothing from their partner (r = 0), over the runs that "
+            "count them: G 20.0%.") in table
 
 
 def test_summary_alpha_table_and_curve(tmp_path, capsys):

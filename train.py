@@ -110,6 +110,8 @@ class StepResult:
     label_weight: float    # mean r of the mixed batch: the share of A that came from the partner
     mixed: bool            # whether there was a mixed batch (a batch of one has no partner)
     unmixed: int           # ssmix: examples whose partner was too short to give a span
+    mixed_examples: int = 0  # the examples of the mixed batch
+    empty_mixes: int = 0   # ...of which took nothing from the partner (r = 0): an empty mask
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -149,15 +151,15 @@ def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
 
 
 def mixed_pass(config: RunConfig, model, batch: dict, saliency: torch.Tensor,
-               loss_scale: float) -> tuple[float, float, int]:
+               loss_scale: float) -> tuple[float, torch.Tensor, int]:
     """Forward and backward of the mixed batch, with eq. 6's loss. Returns the mixed loss, the
-    mean label weight r and the number of unmixed examples."""
+    label weights r (B,) and the number of unmixed examples."""
     kwargs, r, unmixed = mixed_inputs(config, model, batch, saliency.float())
     with autocast(batch["input_ids"].device, config.bf16):
         logits = model(**kwargs).logits
     loss = mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)
     (loss * loss_scale).backward()
-    return loss.item(), float(r.mean()), unmixed
+    return loss.item(), r, unmixed
 
 
 def mixing_step(config: RunConfig, model, batch: dict, loss_scale: float,
@@ -176,7 +178,8 @@ def mixing_step(config: RunConfig, model, batch: dict, loss_scale: float,
                                           autocast_dtype=torch.bfloat16 if config.bf16 else None)
     with final_sync:
         loss_mixed, r, unmixed = mixed_pass(config, model, batch, saliency, loss_scale / 2)
-    return StepResult((loss_clean.item() + loss_mixed) / 2, r, True, unmixed)
+    return StepResult((loss_clean.item() + loss_mixed) / 2, float(r.mean()), True, unmixed,
+                      mixed_examples=len(r), empty_mixes=int((r == 0).sum()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +192,8 @@ def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoad
     mixing = bool(VARIANTS[config.variant].mixes)
     no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
     started = time.perf_counter()
-    totals = {"loss": 0.0, "label_weight": 0.0, "unmixed": 0, "mixed": 0}
+    totals = {"loss": 0.0, "label_weight": 0.0, "unmixed": 0, "mixed": 0, "mixed_examples": 0,
+              "empty_mixes": 0}
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not (progress and procs.main), dynamic_ncols=True)
     for i, batch in enumerate(bar):
@@ -222,6 +226,9 @@ def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoad
             "mean_label_weight": totals["label_weight"] / max(totals["mixed"], 1) if mixing else None,
             "batches_without_partner": batches - totals["mixed"] if mixing else 0,
             "unmixed_examples": totals["unmixed"],
+            # mixed examples that took nothing from the partner (r = 0). DropMix: a budget
+            # floor(lam L_A D) smaller than the top window, or an empty V
+            "mixed_examples": totals["mixed_examples"], "empty_mixes": totals["empty_mixes"],
             "train_seconds": seconds,
             "seconds_per_step": seconds / math.ceil(batches / config.grad_accum)}
 

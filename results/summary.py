@@ -51,6 +51,7 @@ class Cell:
     accuracy: list[float] = field(default_factory=list)
     label_weight: list[float] = field(default_factory=list)
     commits: set = field(default_factory=set)
+    empty_mixes: list[int] = field(default_factory=lambda: [0, 0])  # [r = 0, mixed examples]
     train_seconds: float = 0.0  # the cell's training time, all seeds together
     rest: dict | None = None   # every other config field: must agree within the cell
     source: str = ""
@@ -71,6 +72,9 @@ class Cell:
                    if e.get("mean_label_weight") is not None]
         if weights:
             self.label_weight.append(statistics.mean(weights))
+        for epoch in results["epochs"]:  # older result files do not count them: 0 of 0
+            self.empty_mixes[0] += epoch.get("empty_mixes", 0)
+            self.empty_mixes[1] += epoch.get("mixed_examples", 0)
         self.commits.add((results.get("environment") or {}).get("commit") or "unknown")
         self.train_seconds += (results.get("timing") or {}).get("train_seconds") or 0.0
 
@@ -145,7 +149,7 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
     for variant, (alpha, cell) in main_cells(cells).items():
         out.append(format_row(cell, f"{variant} | {alpha if alpha is not None else '–'}",
                               paper.get(variant, float("nan")) if paper else None))
-    out += format_seed_means(list(shown.values())) + format_gaps(shown)
+    out += format_seed_means(list(shown.values())) + format_gaps(shown) + format_empty(shown)
     for variant in sorted({v for v, _ in cells}, key=lambda v: VARIANT_ORDER.get(v, 99)):
         swept = sorted((a for v, a in cells if v == variant), key=lambda a: a or 0)
         if len(swept) < 2:
@@ -200,6 +204,15 @@ def format_gaps(shown: dict[str, Cell]) -> list[str]:
             seeds = ", ".join(f"{g:+.2f}" for _, g in sorted(gap[1].items()))
             parts.append(f"{variant} {gap[0]:+.2f} ({seeds})")
     return ["\nMinus dropout, mean (seed by seed): " + "; ".join(parts) + "."] if parts else []
+
+
+def format_empty(shown: dict[str, Cell]) -> list[str]:
+    """One line: the share of mixed examples that took nothing from their partner (r = 0),
+    for the variants whose result files count them."""
+    parts = [f"{variant} {100 * empty / total:.1f}%" for variant, cell in shown.items()
+             for empty, total in [cell.empty_mixes] if total]
+    return (["\nMixed examples that took nothing from their partner (r = 0), over the runs "
+             "that count them: " + ", ".join(parts) + "."] if parts else [])
 
 
 def format_curve(lines: dict[tuple, list]) -> list[str]:
