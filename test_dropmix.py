@@ -1469,7 +1469,17 @@ def test_summary_share_of_mixed_examples_that_took_nothing(tmp_path):
     settings = summary.collect_results(tmp_path)
     table = summary.format_tables(settings, summary.curve_points(settings))
     assert ("Mixed examples that took nothing from their partner (r = 0), over the runs that "
-            "count them: G 20.0%.") in table
+            "count them: G 20.0% (2 runs).") in table
+
+
+def test_summary_gap_that_cancels_reads_plus_zero(tmp_path):
+    # U's TREC gaps +0.2, +0.2, -0.4 average to -4.7e-15 in floats: "+0.00", never "-0.00".
+    for seed, (u, d) in enumerate(((0.948, 0.946), (0.952, 0.950), (0.944, 0.948)), 1):
+        fake_result(tmp_path, f"u{seed}", "U", seed, u, alpha=0.25)
+        fake_result(tmp_path, f"d{seed}", "dropout", seed, d)
+    settings = summary.collect_results(tmp_path)
+    table = summary.format_tables(settings, summary.curve_points(settings))
+    assert "Minus dropout, mean (seed by seed): U +0.00 (+0.20, +0.20, -0.40)." in table
 
 
 def test_summary_alpha_table_and_curve(tmp_path, capsys):

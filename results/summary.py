@@ -51,7 +51,7 @@ class Cell:
     accuracy: list[float] = field(default_factory=list)
     label_weight: list[float] = field(default_factory=list)
     commits: set = field(default_factory=set)
-    empty_mixes: list[int] = field(default_factory=lambda: [0, 0])  # [r = 0, mixed examples]
+    empty_mixes: list[int] = field(default_factory=lambda: [0, 0, 0])  # r = 0, mixed, runs
     train_seconds: float = 0.0  # the cell's training time, all seeds together
     rest: dict | None = None   # every other config field: must agree within the cell
     source: str = ""
@@ -72,9 +72,10 @@ class Cell:
                    if e.get("mean_label_weight") is not None]
         if weights:
             self.label_weight.append(statistics.mean(weights))
-        for epoch in results["epochs"]:  # older result files do not count them: 0 of 0
-            self.empty_mixes[0] += epoch.get("empty_mixes", 0)
-            self.empty_mixes[1] += epoch.get("mixed_examples", 0)
+        counted = [e for e in results["epochs"] if "empty_mixes" in e]  # older files: none
+        self.empty_mixes[0] += sum(e["empty_mixes"] for e in counted)
+        self.empty_mixes[1] += sum(e["mixed_examples"] for e in counted)
+        self.empty_mixes[2] += bool(counted)
         self.commits.add((results.get("environment") or {}).get("commit") or "unknown")
         self.train_seconds += (results.get("timing") or {}).get("train_seconds") or 0.0
 
@@ -193,6 +194,11 @@ def gap_to_dropout(variant: Cell, dropout: Cell) -> tuple[float, dict[int, float
     return statistics.mean(gaps.values()), gaps
 
 
+def signed(points: float) -> str:
+    """A gap in points with its sign; a mean that cancels to -5e-15 reads +0.00, not -0.00."""
+    return f"{round(points, 6) + 0.0:+.2f}"
+
+
 def format_gaps(shown: dict[str, Cell]) -> list[str]:
     """One line: each variant's mean minus dropout's, with the gap of every seed."""
     if "dropout" not in shown:
@@ -201,16 +207,17 @@ def format_gaps(shown: dict[str, Cell]) -> list[str]:
     for variant, cell in shown.items():
         gap = None if variant == "dropout" else gap_to_dropout(cell, shown["dropout"])
         if gap is not None:
-            seeds = ", ".join(f"{g:+.2f}" for _, g in sorted(gap[1].items()))
-            parts.append(f"{variant} {gap[0]:+.2f} ({seeds})")
+            seeds = ", ".join(signed(g) for _, g in sorted(gap[1].items()))
+            parts.append(f"{variant} {signed(gap[0])} ({seeds})")
     return ["\nMinus dropout, mean (seed by seed): " + "; ".join(parts) + "."] if parts else []
 
 
 def format_empty(shown: dict[str, Cell]) -> list[str]:
     """One line: the share of mixed examples that took nothing from their partner (r = 0),
     for the variants whose result files count them."""
-    parts = [f"{variant} {100 * empty / total:.1f}%" for variant, cell in shown.items()
-             for empty, total in [cell.empty_mixes] if total]
+    parts = [f"{variant} {100 * empty / total:.1f}% ({runs} run{'s' if runs > 1 else ''})"
+             for variant, cell in shown.items() for empty, total, runs in [cell.empty_mixes]
+             if total]
     return (["\nMixed examples that took nothing from their partner (r = 0), over the runs "
              "that count them: " + ", ".join(parts) + "."] if parts else [])
 
@@ -309,7 +316,7 @@ def cross_task_table(folders: list[Path]) -> str:
             row, seeds = [], set()
             for variant in ("C", "G"):
                 gap = gap_to_dropout(shown[variant], shown["dropout"]) if variant in shown else None
-                row.append(f"{gap[0]:+.2f}" if gap else "–")
+                row.append(signed(gap[0]) if gap else "–")
                 if gap:
                     means[variant].append(gap[0])
                     seeds |= set(gap[1])
@@ -318,7 +325,7 @@ def cross_task_table(folders: list[Path]) -> str:
                        for s in shared_seeds(in_table)]
             spread = f"{max(by_seed) - min(by_seed):.2f}" if len(by_seed) > 1 else "–"
             out.append(f"| {task} ({epochs} epochs) | {row[0]} | {row[1]} | {len(seeds)} | {spread} |")
-    mean = [f"{statistics.mean(means[v]):+.2f}" if means[v] else "–" for v in ("C", "G")]
+    mean = [signed(statistics.mean(means[v])) if means[v] else "–" for v in ("C", "G")]
     out.append(f"| mean over tasks | {mean[0]} | {mean[1]} | | |")
     return "\n".join(out) + "\n"
 
