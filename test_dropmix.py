@@ -514,6 +514,20 @@ def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, t
 
 
 @needs_data
+def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_bert, tmp_path,
+                                                                       monkeypatch):
+    # 64 examples in batches of 21: 21 + 21 + 21 + 1. Each batch of 21 has 11 lam of 0.
+    monkeypatch.setattr(train, "sample_lam",
+                        lambda alpha, size, device: (torch.arange(size, device=device) % 2).float())
+    out = tmp_path / "run"
+    assert run_train(*TINY_RUN, "--batch-size", "21", "--variant", "C", "--model", tiny_bert,
+                     "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
+    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert epoch["batches_without_partner"] == 1
+    assert epoch["mixed_examples"] == 63 and epoch["empty_mixes"] == 33
+
+
+@needs_data
 def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(*TINY_RUN, "--variant", "dropout", "--model", tiny_bert, "--seeds", "1,2",

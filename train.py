@@ -108,10 +108,13 @@ class RunConfig:
 class StepResult:
     loss: float            # the step's training loss (mean of clean and mixed for mixing variants)
     label_weight: float    # mean r of the mixed batch: the share of A that came from the partner
-    mixed: bool            # whether there was a mixed batch (a batch of one has no partner)
     unmixed: int           # ssmix: examples whose partner was too short to give a span
-    mixed_examples: int = 0  # the examples of the mixed batch
+    mixed_examples: int = 0  # the examples of the mixed batch (none: a batch of one has no partner)
     empty_mixes: int = 0   # ...of which took nothing from the partner (r = 0): an empty mask
+
+    @property
+    def mixed(self) -> bool:
+        return self.mixed_examples > 0
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -124,7 +127,7 @@ def plain_step(model, batch: dict, loss_scale: float, bf16: bool) -> StepResult:
         logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
     loss = F.cross_entropy(logits.float(), batch["labels"])
     (loss * loss_scale).backward()
-    return StepResult(loss.item(), 0.0, False, 0)
+    return StepResult(loss.item(), 0.0, 0)
 
 
 def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
@@ -178,7 +181,7 @@ def mixing_step(config: RunConfig, model, batch: dict, loss_scale: float,
                                           autocast_dtype=torch.bfloat16 if config.bf16 else None)
     with final_sync:
         loss_mixed, r, unmixed = mixed_pass(config, model, batch, saliency, loss_scale / 2)
-    return StepResult((loss_clean.item() + loss_mixed) / 2, float(r.mean()), True, unmixed,
+    return StepResult((loss_clean.item() + loss_mixed) / 2, float(r.mean()), unmixed,
                       mixed_examples=len(r), empty_mixes=int((r == 0).sum()))
 
 
