@@ -498,14 +498,18 @@ def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_pa
     assert not (out / "seed-1" / "checkpoint.pt").exists()
 
 
+def alternating_lam(alpha: float, size: int, device) -> torch.Tensor:
+    """lam = 0, 1, 0, 1, ... over a batch, in place of mix.sample_lam."""
+    return (torch.arange(size, device=device) % 2).float()
+
+
 @needs_data
 @pytest.mark.parametrize("variant", ["mixup", "U", "C"])
 def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, tmp_path,
                                                            monkeypatch):
     # lam alternates 0 (budget 0: nothing mixed, r = 0) and 1 (U's and C's top window always
     # fits a budget of L_A D units), so exactly half of the 64 examples take nothing.
-    monkeypatch.setattr(train, "sample_lam",
-                        lambda alpha, size, device: (torch.arange(size, device=device) % 2).float())
+    monkeypatch.setattr(train, "sample_lam", alternating_lam)
     out = tmp_path / "run"
     assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
                      "--output-dir", out, "--no-save-model") == 0
@@ -517,8 +521,7 @@ def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, t
 def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_bert, tmp_path,
                                                                        monkeypatch):
     # 64 examples in batches of 21: 21 + 21 + 21 + 1. Each batch of 21 has 11 lam of 0.
-    monkeypatch.setattr(train, "sample_lam",
-                        lambda alpha, size, device: (torch.arange(size, device=device) % 2).float())
+    monkeypatch.setattr(train, "sample_lam", alternating_lam)
     out = tmp_path / "run"
     assert run_train(*TINY_RUN, "--batch-size", "21", "--variant", "C", "--model", tiny_bert,
                      "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0

@@ -51,7 +51,9 @@ class Cell:
     accuracy: list[float] = field(default_factory=list)
     label_weight: list[float] = field(default_factory=list)
     commits: set = field(default_factory=set)
-    empty_mixes: list[int] = field(default_factory=lambda: [0, 0, 0])  # r = 0, mixed, runs
+    empty_mixes: int = 0       # mixed examples that took nothing from the partner (r = 0)...
+    mixed_examples: int = 0    # ...of these mixed examples, summed over...
+    counted_runs: int = 0      # ...the runs whose files count them (older files do not)
     train_seconds: float = 0.0  # the cell's training time, all seeds together
     rest: dict | None = None   # every other config field: must agree within the cell
     source: str = ""
@@ -72,10 +74,10 @@ class Cell:
                    if e.get("mean_label_weight") is not None]
         if weights:
             self.label_weight.append(statistics.mean(weights))
-        counted = [e for e in results["epochs"] if "empty_mixes" in e]  # older files: none
-        self.empty_mixes[0] += sum(e["empty_mixes"] for e in counted)
-        self.empty_mixes[1] += sum(e["mixed_examples"] for e in counted)
-        self.empty_mixes[2] += bool(counted)
+        counted = [e for e in results["epochs"] if "empty_mixes" in e]
+        self.empty_mixes += sum(e["empty_mixes"] for e in counted)
+        self.mixed_examples += sum(e["mixed_examples"] for e in counted)
+        self.counted_runs += bool(counted)
         self.commits.add((results.get("environment") or {}).get("commit") or "unknown")
         self.train_seconds += (results.get("timing") or {}).get("train_seconds") or 0.0
 
@@ -215,9 +217,9 @@ def format_gaps(shown: dict[str, Cell]) -> list[str]:
 def format_empty(shown: dict[str, Cell]) -> list[str]:
     """One line: the share of mixed examples that took nothing from their partner (r = 0),
     for the variants whose result files count them."""
-    parts = [f"{variant} {100 * empty / total:.1f}% ({runs} run{'s' if runs > 1 else ''})"
-             for variant, cell in shown.items() for empty, total, runs in [cell.empty_mixes]
-             if total]
+    parts = [f"{variant} {100 * cell.empty_mixes / cell.mixed_examples:.1f}% "
+             f"({cell.counted_runs} run{'s' if cell.counted_runs > 1 else ''})"
+             for variant, cell in shown.items() if cell.mixed_examples]
     return (["\nMixed examples that took nothing from their partner (r = 0), over the runs "
              "that count them: " + ", ".join(parts) + "."] if parts else [])
 
