@@ -42,6 +42,8 @@ import summary  # noqa: E402
 
 DATA = Path(os.environ.get("DROPMIX_DATA") or HERE.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"benchmark data not found at {DATA}")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here; results/gpu_check.sh runs these on one")
 
 
 # =============================================================================================
@@ -94,6 +96,17 @@ def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, ties, mo
         # eq. 4: never past the budget, and an empty mask only where the first window is too big
         S = got.sum((1, 2))
         assert (S <= patches.unit_budget(lam, budget_rows, I.shape[2])).all()
+
+
+@needs_cuda
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct scores", "tied scores"])
+def test_patch_mask_on_cuda_equals_literal_eq4(ties):
+    rng = random.Random(0)
+    for _ in range(200):
+        I, n, d, lam, lengths, budget_rows = random_mask_case(rng, ties)
+        expected = patches.literal_patch_mask(I, n, d, lam, lengths, budget_rows)
+        got = patches.patch_mask(I.cuda(), n, d, lam.cuda(), lengths.cuda(), budget_rows.cuda())
+        assert got.is_cuda and torch.equal(got.cpu(), expected), (I.shape, n, d, lam, lengths)
 
 
 def test_patch_mask_float32_and_scalar_lam():
@@ -207,9 +220,10 @@ def random_token_layout(rng: random.Random, B: int, N: int, pairs: bool) -> torc
     return ordinary
 
 
-def check_dropmix_against_literal(cases: int = 60, seed: int = 0) -> None:
-    """Random batches, single texts and pairs, every variant: dropmix's X~ equals the literal
-    loop's unit for unit, r equals it, and r is the share of A's units that changed."""
+def check_dropmix_against_literal(cases: int = 60, seed: int = 0, device: str = "cpu") -> None:
+    """Random batches, single texts and pairs, every variant: dropmix's X~ (computed on
+    `device`) equals the literal loop's unit for unit, r equals it, and r is the share of A's
+    units that changed."""
     rng = random.Random(seed)
     for case in range(cases):
         B, N, D = rng.randint(2, 5), rng.randint(5, 14), rng.randint(1, 6)
@@ -220,7 +234,8 @@ def check_dropmix_against_literal(cases: int = 60, seed: int = 0) -> None:
         lam = torch.tensor([rng.choice([0.0, 1.0, rng.random(), rng.random()]) for _ in range(B)])
         variant = rng.choice(["U", "C", "W", "G"])
         n, d = patches.window_shape(variant, N, D, n=rng.randint(1, 4))
-        mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
+        mixed, r = (t.cpu() for t in mix.dropmix(
+            x.to(device), I.to(device), ordinary.to(device), n, d, lam.to(device)))
         expected, expected_r = literal_dropmix(x, I, ordinary, n, d, lam)
         assert torch.equal(mixed, expected), (case, variant)
         torch.testing.assert_close(r, expected_r)
@@ -232,6 +247,11 @@ def check_dropmix_against_literal(cases: int = 60, seed: int = 0) -> None:
 
 def test_dropmix_equals_the_literal_loop_unit_for_unit():
     check_dropmix_against_literal()
+
+
+@needs_cuda
+def test_dropmix_on_cuda_equals_the_literal_loop_unit_for_unit():
+    check_dropmix_against_literal(device="cuda")
 
 
 def test_the_literal_check_catches_a_wrong_place_and_a_missing_mix(monkeypatch):
@@ -1189,6 +1209,28 @@ def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags):
     assert math.isfinite(results["epochs"][0]["train_loss"])
 
 
+@needs_cuda
+@needs_data
+@pytest.mark.parametrize("flags", [(), ("--bf16",)], ids=["fp32", "bf16"])
+def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
+    cuda = ("--device", "cuda", "--variant", "G", "--epochs", "2", *flags)
+    assert tiny_run(tiny_bert, tmp_path / "straight", *cuda) == 0
+    assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--stop-after", "1") == 0
+    assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--resume") == 0
+    a, b = (json.loads((tmp_path / name / "seed-1/results.json").read_text())
+            for name in ("straight", "halves"))
+    assert a["environment"]["device_name"] == torch.cuda.get_device_name()
+    assert all(0 < e["mean_label_weight"] < 1 for e in a["epochs"])
+    # the resumed run restores CUDA's generator too; CUDA's atomic adds in the backward pass
+    # may still reorder sums, so the two agree closely rather than bit for bit
+    torch.testing.assert_close([e["train_loss"] for e in b["epochs"]],
+                               [e["train_loss"] for e in a["epochs"]], rtol=1e-3, atol=1e-4)
+    from transformers import pipeline
+    classify = pipeline("text-classification", model=str(tmp_path / "straight/seed-1/model"),
+                        device=0)
+    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
+
+
 @needs_data
 def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     import subprocess
@@ -1915,10 +1957,16 @@ def test_benchmark_times_every_variant_and_the_literal_step(tiny_bert, capsys):
             assert float(row[6]) > 0
 
 
-def test_benchmark_bert_base_shape_is_the_papers(tiny_bert):
-    _, model = bench.benchmark_model("bert-base", str(tiny_bert), ("a", "b"))
+def test_benchmark_bert_base_shape_is_the_papers(tiny_bert, tmp_path):
+    # a folder with a tokenizer and no weights is enough (a GPU machine gets no checkpoint)
+    for name in os.listdir(tiny_bert):
+        if name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(tiny_bert / name, tmp_path / name)
+    assert not list(tmp_path.glob("*.safetensors"))
+    tokenizer, model = bench.benchmark_model("bert-base", str(tmp_path), ("a", "b"))
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (12, 768, 30522)
+    assert tokenizer.cls_token_id is not None and config.num_labels == 2
 
 
 def test_mask_benchmark_prints_both_shapes():

@@ -87,12 +87,18 @@ def time_mask(model, batches: list[dict], config: train.RunConfig) -> float:
 
 def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
     """The encoder to time: the given model, or bert-base's shape (12 layers, 768 wide) with
-    random weights and the default encoder's tokenizer (the same uncased 30,522 words)."""
-    tokenizer, model = train.load_encoder(model_name, label_names, 0.1)
-    if shape == "bert-base":
-        from transformers import BertConfig, BertForSequenceClassification
-        model = BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
-    return tokenizer, model
+    random weights and the given model's tokenizer (the default's is bert-base's uncased
+    30,522 words); for that shape a folder holding only a tokenizer will do."""
+    if shape == "model":
+        return train.load_encoder(model_name, label_names, 0.1)
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    source = str(train.default_model_dir()) if model_name == train.DEFAULT_MODEL else model_name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise train.UsageError(f"cannot load a tokenizer from {model_name!r}: "
+                               f"{(str(error).strip() or type(error).__name__).splitlines()[0]}") from None
+    return tokenizer, BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
 
 
 def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> list[dict]:
