@@ -686,10 +686,11 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    # generator states are CPU byte tensors, whatever device the checkpoint was mapped to
     random.setstate(states["python"])
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 # ---------------------------------------------------------------------------------------------
