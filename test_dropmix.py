@@ -1969,6 +1969,14 @@ def test_benchmark_bert_base_shape_is_the_papers(tiny_bert, tmp_path):
     assert tokenizer.cls_token_id is not None and config.num_labels == 2
 
 
+@needs_data
+def test_benchmark_without_a_tokenizer_is_one_sentence_and_status_2(tmp_path, capsys):
+    assert bench.main(["--shape", "bert-base", "--model", str(tmp_path), "--data-dir", str(DATA),
+                       "--device", "cpu", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot load a tokenizer from") and err.count("\n") == 1
+
+
 def test_mask_benchmark_prints_both_shapes():
     lines = bench.mask_table(repeats=1).splitlines()
     assert lines[1].startswith("| shape (B, N, D) | U | C | W | G |")

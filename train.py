@@ -477,8 +477,7 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
         model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=new_head)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load the model {name!r}: {first_line}") from None
+        raise UsageError(f"cannot load the model {name!r}: {first_line(error)}") from None
     stray = [module_name for module_name, module in model.named_modules()
              if isinstance(module, torch.nn.Dropout) and module.p != dropout]
     if stray:  # a family whose layers read a field without "dropout" in its name
@@ -487,6 +486,11 @@ def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
               f"field; set to {dropout} here, but a reload of the saved model will not "
               "restore that", flush=True)
     return tokenizer, model
+
+
+def first_line(error: Exception) -> str:
+    """The first line of a library's error message (or its type, when it has none)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:

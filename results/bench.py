@@ -97,7 +97,7 @@ def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise train.UsageError(f"cannot load a tokenizer from {model_name!r}: "
-                               f"{(str(error).strip() or type(error).__name__).splitlines()[0]}") from None
+                               f"{train.first_line(error)}") from None
     return tokenizer, BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
 
 
