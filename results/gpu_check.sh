@@ -5,7 +5,7 @@
 #
 #   bash results/gpu_check.sh OUT_DIR TOKENIZER_DIR [DATA_DIR]
 #
-#   1. tests.log        the tests that need CUDA (test_dropmix.py -k cuda): eq. 4 and eq. 5 on
+#   1. tests.xml        the tests that need CUDA (test_dropmix.py -k cuda): eq. 4 and eq. 5 on
 #                       the GPU against the literal loops, and training on CUDA (fp32, bf16)
 #                       that stops, resumes, saves and reloads through pipeline()
 #   2. bench.md         results/bench.py at bert-base's shape (batch 32, every batch padded to
