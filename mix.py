@@ -189,8 +189,8 @@ def ssmix(input_ids: torch.Tensor, saliency: torch.Tensor, segments: torch.Tenso
     segments:  (B, N) from `token_segments`.
     share:     the span is max(1, int(share * L_A)) tokens of each segment (L_A its length).
     Returns the mixed ids (B, N), the label weight r (B,) = replaced / all ordinary tokens of
-    A (a share of A, like DropMix's S / (L_A D)), and a (B,) bool of the examples left unmixed because a partner segment was shorter
-    than the span.
+    A (a share of A, like DropMix's S / (L_A D)), and a (B,) bool of the examples left
+    unmixed because a partner segment was shorter than the span.
     """
     B, N = input_ids.shape
     token_saliency = saliency.float().norm(dim=2).double()              # (B, N)
