@@ -1529,6 +1529,15 @@ def test_summary_share_of_mixed_examples_that_took_nothing(tmp_path):
     table = summary.format_tables(settings, summary.curve_points(settings))
     assert ("Mixed examples that took nothing from their partner (r = 0), over the runs that "
             "count them: G 20.0% (2 runs).") in table
+    # G at a second alpha: the alpha table gives each alpha's share, and says when only some
+    # of its runs count (seed 2's file predates the count).
+    fake_result(tmp_path, "g50-1", "G", 1, 0.9, alpha=0.5,
+                empty={"empty_mixes": 5, "mixed_examples": 100})
+    fake_result(tmp_path, "g50-2", "G", 2, 0.9, alpha=0.5)
+    settings = summary.collect_results(tmp_path)
+    table = summary.format_tables(settings, summary.curve_points(settings))
+    assert "| 0.25 | 90.00 +- 0.00 | 2 | 0.250 | 20.0 |\n| 0.5 | 90.00 +- 0.00 | 2 | 0.250 | " \
+           "5.0 (1 run) |" in table
 
 
 def test_summary_gap_that_cancels_reads_plus_zero(tmp_path):
@@ -1555,7 +1564,8 @@ def test_summary_alpha_table_and_curve(tmp_path, capsys):
     assert table.count("| G | 0.25 | 82.00 +- 2.83 | 2 | 0.250 |") == 1
     assert "| G | 0.5 |" not in table
     alpha_table = table[table.index("**alpha's effect: G, trec, 10%"):]
-    assert "| 0.25 | 82.00 +- 2.83 | 2 | 0.250 |\n| 0.5 | 84.00 +- 2.83 | 2 | 0.250 |" in alpha_table
+    assert "| 0.25 | 82.00 +- 2.83 | 2 | 0.250 | – |\n| 0.5 | 84.00 +- 2.83 | 2 | 0.250 | – |" \
+        in alpha_table  # these fake files do not count empty mixes
     # Table 3's settings (more variants) come first, the curve's numbers last.
     assert table.index("100% of the training set") < table.index("10% of the training set") \
         < table.index("5% of the training set") < table.index("**Figure 2's experiment")

@@ -157,10 +157,14 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
         swept = sorted((a for v, a in cells if v == variant), key=lambda a: a or 0)
         if len(swept) < 2:
             continue
+        # A small alpha puts lam near 0 or 1, and a lam near 0 gives an empty mask: the last
+        # column says how often that happened (r = 0), so that alpha's effect can be read.
         out += [(f"\n**alpha's effect: {variant}, {name}** (lam ~ Beta(alpha, alpha); every "
                  "alpha is reported, none is chosen)\n"),
-                "| alpha | accuracy (%) | seeds | mean label weight r |", "|---|---|---|---|"]
-        out += [format_row(cells[(variant, a)], f"{a}") for a in swept]
+                "| alpha | accuracy (%) | seeds | mean label weight r | r = 0 (% of mixed) |",
+                "|---|---|---|---|---|"]
+        out += [format_row(cells[(variant, a)], f"{a}") + f" {format_empty_share(cells[(variant, a)])} |"
+                for a in swept]
     commits = sorted(set().union(*(c.commits for c in cells.values())))
     runs = sum(len(c.seeds) for c in cells.values())
     hours = sum(c.train_seconds for c in cells.values()) / 3600
@@ -212,6 +216,16 @@ def format_gaps(shown: dict[str, Cell]) -> list[str]:
             seeds = ", ".join(signed(g) for _, g in sorted(gap[1].items()))
             parts.append(f"{variant} {signed(gap[0])} ({seeds})")
     return ["\nMinus dropout, mean (seed by seed): " + "; ".join(parts) + "."] if parts else []
+
+
+def format_empty_share(cell: Cell) -> str:
+    """The share of a cell's mixed examples that took nothing from their partner, with the
+    number of runs that count them when not all do; '–' when none does."""
+    if not cell.mixed_examples:
+        return "–"
+    share = f"{100 * cell.empty_mixes / cell.mixed_examples:.1f}"
+    runs = cell.counted_runs
+    return share if runs == len(cell.seeds) else f"{share} ({runs} run{'s' if runs > 1 else ''})"
 
 
 def format_empty(shown: dict[str, Cell]) -> list[str]:
