@@ -218,12 +218,17 @@ def format_gaps(shown: dict[str, Cell]) -> list[str]:
     return ["\nMinus dropout, mean (seed by seed): " + "; ".join(parts) + "."] if parts else []
 
 
+def empty_share(cell: Cell) -> float:
+    """The percentage of a cell's counted mixed examples that took nothing from their partner."""
+    return 100 * cell.empty_mixes / cell.mixed_examples
+
+
 def format_empty_share(cell: Cell) -> str:
     """The share of a cell's mixed examples that took nothing from their partner, with the
     number of runs that count them when not all do; '–' when none does."""
     if not cell.mixed_examples:
         return "–"
-    share = f"{100 * cell.empty_mixes / cell.mixed_examples:.1f}"
+    share = f"{empty_share(cell):.1f}"
     runs = cell.counted_runs
     return share if runs == len(cell.seeds) else f"{share} ({runs} run{'s' if runs > 1 else ''})"
 
@@ -231,7 +236,7 @@ def format_empty_share(cell: Cell) -> str:
 def format_empty(shown: dict[str, Cell]) -> list[str]:
     """One line: the share of mixed examples that took nothing from their partner (r = 0),
     for the variants whose result files count them."""
-    parts = [f"{variant} {100 * cell.empty_mixes / cell.mixed_examples:.1f}% "
+    parts = [f"{variant} {empty_share(cell):.1f}% "
              f"({cell.counted_runs} run{'s' if cell.counted_runs > 1 else ''})"
              for variant, cell in shown.items() if cell.mixed_examples]
     return (["\nMixed examples that took nothing from their partner (r = 0), over the runs "
