@@ -1628,6 +1628,7 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     fake_result(root / "trec", "G-a0.25-f1-e3-s1", "G", 1, 0.97, alpha=0.25)
     fake_result(root / "trec", "G-a0.25-f1-e3-s2", "G", 2, 0.95, alpha=0.25)
     fake_result(root / "trec", "d-10", "dropout", 1, 0.90, fraction=0.1, epochs=30)
+    (root / "rte").mkdir()  # the grid's next task: its first run started, none finished
     readme, main_readme = tmp_path / "results-README.md", tmp_path / "README.md"
     for path in (readme, main_readme):
         path.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")

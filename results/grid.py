@@ -112,7 +112,9 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
     """Regenerate every task's tables (results/summary.py) and put them, with the grid's
     progress, into results/README.md's results block, and the first table of TREC (Table 3's
     setting) with the cross-task table into README.md's. Returns an error sentence, or None."""
-    folders = [results_root / task for task in TASKS if (results_root / task).is_dir()]
+    # run_grid makes a task's folder when the task's first run starts; until that run has
+    # finished the folder is empty, and the task has no table yet.
+    folders = [results_root / task for task in TASKS if any((results_root / task).glob("*.json"))]
     try:
         tables = {folder.name: summary.summarize(folder) for folder in folders}
         cross = summary.cross_task_table(folders)
