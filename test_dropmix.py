@@ -1231,6 +1231,10 @@ def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
     assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
 
 
+# torchrun with a free port of its own (--standalone), so two launches never collide on one
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
 def failed_children(stderr: str) -> str:
     """torchrun's stderr, cut for an assertion: the children's own messages come first and
     torchrun's summary last, so keep both ends."""
@@ -1241,8 +1245,7 @@ def failed_children(stderr: str) -> str:
 def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     import subprocess
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(HERE / "train.py"),
+    command = [*TORCHRUN, "--nproc_per_node", "2", str(HERE / "train.py"),
                *TINY_RUN, "--variant", "G", "--model", str(tiny_bert), "--data-dir", str(DATA),
                "--output-dir", str(out), "--no-save-model"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -1312,9 +1315,7 @@ def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum:
     import subprocess
     script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
     script.write_text(GRADIENT_PROBE)
-    launch = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc_per_node", str(processes)]
+    launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", str(processes)]
     done = subprocess.run([*launch, str(script), str(HERE), str(model), str(DATA), str(batch_size),
                            str(grad_accum), str(out)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
