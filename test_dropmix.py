@@ -1305,7 +1305,6 @@ predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 
 if procs.main:
     torch.save({"steps": steps, "predictions": predictions}, out)
 if procs.world > 1:
-    torch.distributed.barrier()  # as train.main does: nobody tears down under a peer
     torch.distributed.destroy_process_group()
 """
 

@@ -848,10 +848,6 @@ def main(argv: list[str] | None = None) -> int:
             data.atomic_write(base / "summary.json", json.dumps({
                 "seeds": [c.seed for c in configs], "accuracy": finals,
                 "mean": mean, "std": std, "split": task.report_name}, indent=2) + "\n")
-        if dist.is_initialized():
-            # no rank tears down while another still talks: gloo aborts (SIGABRT) a process
-            # whose peer closes its sockets under it
-            dist.barrier()
     except (UsageError, data.DataError, Diverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
