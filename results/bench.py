@@ -20,7 +20,7 @@ so a drift of the machine's speed does not favour whichever ran first. Columns:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import statistics
 import sys
 import time
@@ -28,15 +28,23 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the top-level modules
 
 import data  # noqa: E402
 import patches  # noqa: E402
 import train  # noqa: E402
+from mix import mixed_cross_entropy, partner  # noqa: E402
 from saliency import clean_step, saliency_map  # noqa: E402
 
 # the variants that use the saliency map, and so have a literal step to compare with
 SALIENCY_VARIANTS = [name for name, v in train.VARIANTS.items() if v.mixes in ("ssmix", "dropmix")]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def now(device: torch.device) -> float:
@@ -47,24 +55,25 @@ def now(device: torch.device) -> float:
 
 def literal_step(config: train.RunConfig, model, batch: dict) -> None:
     """A mixing step whose saliency map costs a forward and backward pass of its own."""
-    train.plain_step(model, batch, 0.5, config.bf16)
-    train.mixed_pass(config, model, batch, saliency_map(model, batch), 0.5)
+    saliency = saliency_map(model, batch)                        # the pass of its own
+    train.train_step(dataclasses.replace(config, variant="dropout"), model, batch, 0.5)
+    kwargs, r, _ = train.mixed_inputs(config, model, batch, saliency.float())
+    with train.autocast(batch["input_ids"].device, config.bf16):
+        logits = model(**kwargs).logits
+    (0.5 * mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)).backward()
 
 
 def time_steps(model, optimizer, batches: list[dict], config: train.RunConfig,
                literal: bool = False) -> float:
     """Seconds per training step (forward, backward, clip, AdamW) over `batches`."""
-    train.set_dropout(model, config.dropout)
+    data.set_dropout(model, config.dropout)
     device = batches[0]["input_ids"].device
-    null = contextlib.nullcontext
     start = now(device)
     for batch in batches:
         if literal:
             literal_step(config, model, batch)
-        elif train.VARIANTS[config.variant].mixes:
-            train.mixing_step(config, model, batch, 1.0, null(), null())
         else:
-            train.plain_step(model, batch, 1.0, config.bf16)
+            train.train_step(config, model, batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -73,7 +82,7 @@ def time_steps(model, optimizer, batches: list[dict], config: train.RunConfig,
 
 def time_mask(model, batches: list[dict], config: train.RunConfig) -> float:
     """Seconds per batch spent building the mixed input from a saliency map made beforehand."""
-    train.set_dropout(model, config.dropout)
+    data.set_dropout(model, config.dropout)
     device = batches[0]["input_ids"].device
     seconds = 0.0
     for batch in batches:
@@ -90,21 +99,21 @@ def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
     random weights and the given model's tokenizer (the default's is bert-base's uncased
     30,522 words); for that shape a folder holding only a tokenizer will do."""
     if shape == "model":
-        return train.load_encoder(model_name, label_names, 0.1)
+        return data.load_encoder(model_name, label_names, 0.1)
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-    source = str(train.default_model_dir()) if model_name == train.DEFAULT_MODEL else model_name
+    source = str(data.default_model_dir()) if model_name == data.DEFAULT_MODEL else model_name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise train.UsageError(f"cannot load a tokenizer from {model_name!r}: "
-                               f"{train.first_line(error)}") from None
+                               f"{data.first_line(error)}") from None
     return tokenizer, BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
 
 
 def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> list[dict]:
     """Time every variant on the same batches; returns one row per (variant, precision)."""
     device = train.parse_device(args.device)
-    train.seed_everything(0)
+    torch.manual_seed(0)
     task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
     tokenizer, model = benchmark_model(args.shape, args.model, task.spec.label_names)
     model.to(device).train()
@@ -202,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mask", action="store_true", help="time patch_mask alone, no model")
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
-    p.add_argument("--steps", type=train.positive_int, default=30,
+    p.add_argument("--steps", type=positive_int, default=30,
                    help="timed steps per variant, over three rounds")
     p.add_argument("--shape", choices=("model", "bert-base"), default="model",
                    help="time --model, or bert-base's shape with random weights")
-    p.add_argument("--model", default=train.DEFAULT_MODEL, help="encoder, as train.py takes it")
-    p.add_argument("--batch-size", type=train.positive_int, default=32, help="examples per step")
-    p.add_argument("--max-len", type=train.positive_int, default=128,
+    p.add_argument("--model", default=data.DEFAULT_MODEL, help="encoder, as train.py takes it")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per step")
+    p.add_argument("--max-len", type=positive_int, default=128,
                    help="max tokens; bert-base's shape pads every batch to it")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:K; default cuda if present")
     p.add_argument("--data-dir", default=None, help="dataset folder, as train.py takes it")
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         rows = run_steps(args)
-        env = train.provenance(train.parse_device(args.device))
+        env = data.provenance(train.parse_device(args.device), REPO)
     except (train.UsageError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

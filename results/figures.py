@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
 
 import data  # noqa: E402
+from data import DEFAULT_MODEL, check_max_len, default_model_dir, load_encoder  # noqa: E402
 from mix import ordinary_tokens, region_mask  # noqa: E402
 from patches import window_shape  # noqa: E402
 from saliency import model_inputs, saliency_map  # noqa: E402
-from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, check_max_len,  # noqa: E402
-                   default_model_dir, load_encoder, parse_device)
+from train import VARIANTS, Parser, UsageError, parse_device  # noqa: E402
 
 DROPMIX_VARIANTS = [name for name, variant in VARIANTS.items() if variant.mixes == "dropmix"]
 

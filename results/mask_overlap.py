@@ -26,8 +26,8 @@ import data  # noqa: E402
 from mix import mixing_region, ordinary_tokens, region_mask, sample_lam  # noqa: E402
 from patches import N_RANGE, window_shape  # noqa: E402
 from saliency import saliency_map  # noqa: E402
-from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, load_encoder,  # noqa: E402
-                   parse_device, positive_int)
+from data import DEFAULT_MODEL, load_encoder  # noqa: E402
+from train import VARIANTS, Parser, UsageError, parse_device  # noqa: E402
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a model saved by train.py")
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose training set")
     p.add_argument("--variants", default="C,G", help="DropMix variants whose masks to compare")
-    p.add_argument("--batches", type=positive_int, default=20, help="batches of 32 to measure")
+    p.add_argument("--batches", type=int, default=20, help="batches of 32 to measure")
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:K; default cuda if present")
     p.add_argument("--data-dir", default=None, help="dataset folder, as train.py takes it")
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code
     try:
+        if args.batches < 1:
+            raise UsageError(f"--batches must be a positive integer, got {args.batches}.")
         variants = args.variants.split(",")
         if any(VARIANTS.get(v) is None or VARIANTS[v].mixes != "dropmix" for v in variants):
             raise UsageError(f"--variants {args.variants} must list DropMix variants (U, C, W, G).")
