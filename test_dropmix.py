@@ -582,7 +582,8 @@ def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp
 def write_tiny_encoder(folder: Path, family: str) -> Path:
     """A 2-layer, 32-wide random encoder of `family`, saved like a pretrained checkpoint with
     a tokenizer of TINY_WORDS: RoBERTa gets a byte-level BPE (<s> a </s></s> b </s>, no
-    token types), the others WordPiece. Its config's dropout fields hold odd values (0.37),
+    token types), MPNet WordPiece in that same format, the others WordPiece with [CLS] and
+    [SEP]. Its config's dropout fields hold odd values (0.37),
     so that a field the loader misses shows."""
     import transformers
     from tokenizers import ByteLevelBPETokenizer
@@ -593,6 +594,10 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
                                 special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
         bpe.save_model(str(folder))
         tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(folder))
+    elif family == "mpnet":  # WordPiece with RoBERTa's specials: <s> a </s></s> b </s>
+        vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>", "?", ",", "'", "."] + TINY_WORDS
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = transformers.MPNetTokenizerFast.from_pretrained(str(folder))
     else:
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -618,6 +623,10 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
             **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
             attention_probs_dropout_prob=odd, classifier_dropout=odd),
+        "mpnet": lambda: transformers.MPNetConfig(
+            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
     }[family]()
     torch.manual_seed(0)
     transformers.AutoModel.from_config(config).save_pretrained(folder)
@@ -625,7 +634,7 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
     return folder
 
 
-FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")
+FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra", "mpnet")
 
 
 def dropout_probabilities(model) -> set:
