@@ -2009,3 +2009,163 @@ def test_default_encoder_is_verified_before_use(monkeypatch):
     monkeypatch.setattr(train, "DEFAULT_MODEL_SHA256", "0" * 64)
     with pytest.raises(train.UsageError, match="does not match the pinned SHA-256"):
         train.default_model_dir()
+
+
+# --- new tests from the trainer branch
+# The README's Trainer subclass (<!-- snippet:trainer -->), run as it stands there, against its
+# own-loop `dropmix_step` (<!-- snippet:own-loop -->): same batches, same lam and n, no dropout.
+
+TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
+                 "where is the city", "what is the name of the world", "why",
+                 "when was the state called", "which country", "how much does the year mean",
+                 "what is the origin of the city", "who did", "where is the river of the state"]
+TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_folder(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier-trainer"), num_labels=3)
+
+
+def no_dropout_classifier(folder: Path):
+    """A fresh copy of the tiny classifier with every dropout at 0, so that two copies trained
+    on the same batch see the same function."""
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(
+        folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def fixed_draws(monkeypatch) -> None:
+    """lam and G's window height fixed, before the snippets import them."""
+    monkeypatch.setattr(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
+    window_shape = patches.window_shape
+    monkeypatch.setattr(patches, "window_shape",
+                        lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
+
+
+def readme_namespace(marker: str) -> dict:
+    namespace: dict = {}
+    exec(compile(readme_block(marker), "README.md", "exec"), namespace)
+    return namespace
+
+
+def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int, **extra):
+    """(trainer, batches it will be fed, gradients before each optimizer step) for the README's
+    DropMixTrainer on `examples` of TRAINER_TEXTS in batches of 4, offline on the CPU. lr 0
+    and no clipping, so every optimizer step sees the weights the own loop sees."""
+    from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dataset = [{"text": text, "label": i % 3} for i, text in enumerate(TRAINER_TEXTS[:examples])]
+    fed, grads = [], []
+
+    def collate(rows):  # a user's collator; it records what the Trainer fed, in its order
+        enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+        batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+        fed.append({key: value.clone() for key, value in batch.items()})
+        return batch
+
+    class Gradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": grad_accum, "num_train_epochs": 1, "learning_rate": 0.0,
+        "weight_decay": 0.0, "max_grad_norm": 0.0, "report_to": "none", "save_strategy": "no",
+        "logging_strategy": "no", "disable_tqdm": True, "use_cpu": True,
+        "remove_unused_columns": False, "dataloader_num_workers": 0, **extra})
+    trainer = readme_namespace("<!-- snippet:trainer -->")["DropMixTrainer"](
+        model=no_dropout_classifier(folder), args=args, train_dataset=dataset,
+        data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+    return trainer, fed, grads
+
+
+class GradientRecorder:
+    """Stands in for the own loop's optimizer: keeps the gradients it would step on."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+
+@pytest.mark.parametrize("grad_accum, batches", [(1, 1), (2, 2), (2, 3)])
+def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches,
+                                                             tiny_classifier_folder, tmp_path,
+                                                             monkeypatch):
+    # (2, 3): the epoch's last optimizer step holds one batch, and averages over that one
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4 * batches, grad_accum)
+    result = trainer.train()
+    assert len(fed) == batches and len(grads) == math.ceil(batches / grad_accum)
+
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    special_ids = trainer.processing_class.all_special_ids
+    recorder = GradientRecorder(model)
+    own_losses = [own_step(model, batch, recorder, special_ids, variant="G") for batch in fed]
+    step_losses = []
+    for step, trainer_grads in enumerate(grads):
+        group = range(step * grad_accum, min((step + 1) * grad_accum, batches))
+        step_losses.append(sum(own_losses[i] for i in group) / len(group))
+        for name, grad in trainer_grads.items():
+            # one optimizer step of the Trainer = the mean of the own loop's over its batches
+            expected = sum(recorder.grads[i][name] for i in group) / len(group)
+            torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"step {step}, {name}: {m}")
+    # the loss the Trainer reports is the own loop's, averaged the same way
+    assert result.training_loss == pytest.approx(float(sum(step_losses) / len(step_losses)), abs=1e-6)
+
+
+def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_classifier_folder,
+                                                                          tmp_path, monkeypatch):
+    # On one process no_sync changes nothing, and under DDP an all-reduced clean backward still
+    # ends in the same averaged gradients (one all-reduce too many): so this checks the calls.
+    # Every forward and backward must go through the accelerator's machinery, the clean ones
+    # inside accelerator.no_sync, the mixed ones in the loop's context: inside its no_sync
+    # on the first of two accumulated batches, outside it (the all-reduce) on the last.
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
+    accelerator, inside, calls = trainer.accelerator, [0], []
+    no_sync, backward = accelerator.no_sync, accelerator.backward
+
+    @contextlib.contextmanager
+    def counted_no_sync(model):
+        inside[0] += 1
+        try:
+            with no_sync(model):
+                yield
+        finally:
+            inside[0] -= 1
+
+    def recorded_backward(loss, **kwargs):
+        calls.append(("backward", inside[0] > 0))
+        return backward(loss, **kwargs)
+
+    monkeypatch.setattr(accelerator, "no_sync", counted_no_sync)
+    monkeypatch.setattr(accelerator, "backward", recorded_backward)
+    trainer.model.register_forward_pre_hook(lambda module, args: calls.append(("forward", inside[0] > 0)))
+    trainer.train()
+    clean, mixed = [("forward", True), ("backward", True)], [("forward", True), ("backward", True)]
+    last_mixed = [("forward", False), ("backward", False)]
+    assert calls == clean + mixed + clean + last_mixed
+
+
+def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_path, monkeypatch):
+    # bf16=True on the CPU: accelerate wraps the model's forward in bf16 autocast; both passes
+    # of the snippet run under it, and the optimizer step happens
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4, grad_accum=1,
+                                          bf16=True, learning_rate=1e-3)
+    autocast = []
+    trainer.model.bert.register_forward_pre_hook(
+        lambda module, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
+    assert all(torch.isfinite(g).all() for g in grads[0].values())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
