@@ -2018,7 +2018,9 @@ def test_default_encoder_is_verified_before_use(monkeypatch):
 TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
                  "where is the city", "what is the name of the world", "why",
                  "when was the state called", "which country", "how much does the year mean",
-                 "what is the origin of the city", "who did", "where is the river of the state"]
+                 "what is the origin of the city", "who did", "where is the river of the state",
+                 "what is a river", "how many city", "who is the president of the country",
+                 "what does the world mean"]
 TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
 
 
@@ -2126,33 +2128,42 @@ def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_
                                                                           tmp_path, monkeypatch):
     # On one process no_sync changes nothing, and under DDP an all-reduced clean backward still
     # ends in the same averaged gradients (one all-reduce too many): so this checks the calls.
-    # Every forward and backward must go through the accelerator's machinery, the clean ones
-    # inside accelerator.no_sync, the mixed ones in the loop's context: inside its no_sync
-    # on the first of two accumulated batches, outside it (the all-reduce) on the last.
+    # Every forward runs inside compute_loss_context_manager and every backward outside it,
+    # through accelerator.backward; the clean ones inside accelerator.no_sync, the mixed ones
+    # in the loop's context: inside its no_sync on the first of two accumulated batches,
+    # outside it (the all-reduce) on the last.
     fixed_draws(monkeypatch)
     trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
-    accelerator, inside, calls = trainer.accelerator, [0], []
-    no_sync, backward = accelerator.no_sync, accelerator.backward
+    accelerator, calls = trainer.accelerator, []
+    inside = {"no_sync": 0, "loss_context": 0}
 
-    @contextlib.contextmanager
-    def counted_no_sync(model):
-        inside[0] += 1
-        try:
-            with no_sync(model):
-                yield
-        finally:
-            inside[0] -= 1
+    def counted(name, context):
+        @contextlib.contextmanager
+        def wrapper(*args, **kwargs):
+            inside[name] += 1
+            try:
+                with context(*args, **kwargs):
+                    yield
+            finally:
+                inside[name] -= 1
+        return wrapper
 
-    def recorded_backward(loss, **kwargs):
-        calls.append(("backward", inside[0] > 0))
-        return backward(loss, **kwargs)
+    def record(kind):
+        calls.append((kind, inside["no_sync"] > 0, inside["loss_context"] > 0))
 
-    monkeypatch.setattr(accelerator, "no_sync", counted_no_sync)
+    def recorded_backward(loss, _backward=accelerator.backward, **kwargs):
+        record("backward")
+        return _backward(loss, **kwargs)
+
+    monkeypatch.setattr(accelerator, "no_sync", counted("no_sync", accelerator.no_sync))
+    monkeypatch.setattr(trainer, "compute_loss_context_manager",
+                        counted("loss_context", trainer.compute_loss_context_manager))
     monkeypatch.setattr(accelerator, "backward", recorded_backward)
-    trainer.model.register_forward_pre_hook(lambda module, args: calls.append(("forward", inside[0] > 0)))
+    trainer.model.register_forward_pre_hook(lambda module, args: record("forward"))
     trainer.train()
-    clean, mixed = [("forward", True), ("backward", True)], [("forward", True), ("backward", True)]
-    last_mixed = [("forward", False), ("backward", False)]
+    # (call, inside no_sync, inside compute_loss_context_manager)
+    clean = mixed = [("forward", True, True), ("backward", True, False)]
+    last_mixed = [("forward", False, True), ("backward", False, False)]
     assert calls == clean + mixed + clean + last_mixed
 
 
@@ -2169,3 +2180,85 @@ def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_pat
     assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
     assert all(torch.isfinite(g).all() for g in grads[0].values())
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+# The Trainer's own DDP, two processes on gloo: the README block, fixed lam and n as above, one
+# optimizer step of 2 accumulated batches of 4 per process; each process saves what it was fed
+# and the gradients it would step on.
+TRAINER_DDP_PROBE = """
+import json, os, sys
+from pathlib import Path
+import torch
+here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+texts = json.loads(sys.argv[5])
+sys.path.insert(0, here)
+import mix, patches
+mix.sample_lam = lambda alpha, size, device="cpu": torch.tensor(lam)[:size].to(device)
+window_shape = patches.window_shape
+patches.window_shape = lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2)
+readme = (Path(here) / "README.md").read_text()
+namespace = {}
+exec(readme.split("<!-- snippet:trainer -->", 1)[1].split("```", 2)[1].split(chr(10), 1)[1], namespace)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(
+    folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+fed, grads = [], []
+
+def collate(rows):
+    enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+    fed.append({key: value.clone() for key, value in batch.items()})
+    return batch
+
+class Gradients(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+args = TrainingArguments(
+    output_dir=str(Path(out).parent / "trainer"), per_device_train_batch_size=4,
+    gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=0.0, weight_decay=0.0,
+    max_grad_norm=0.0, report_to="none", save_strategy="no", logging_strategy="no",
+    disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
+trainer = namespace["DropMixTrainer"](
+    model=model, args=args, train_dataset=[{"text": t, "label": i % 3} for i, t in enumerate(texts)],
+    data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+trainer.train()
+wrapped = type(trainer.model_wrapped).__name__
+torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_classifier_folder,
+                                                                         tmp_path, monkeypatch):
+    # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
+    # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
+    # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
+    import subprocess
+    script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
+    script.write_text(TRAINER_DDP_PROBE)
+    done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
+                           str(tiny_classifier_folder), str(out), json.dumps(TRAINER_LAM.tolist()),
+                           json.dumps(TRAINER_TEXTS[:16])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, failed_children(done.stderr)
+    ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
+    assert [(len(r["fed"]), len(r["grads"])) for r in ranks] == [(2, 1), (2, 1)]
+
+    fixed_draws(monkeypatch)
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    from transformers import AutoTokenizer
+    special_ids = AutoTokenizer.from_pretrained(tiny_classifier_folder).all_special_ids
+    recorder = GradientRecorder(model)
+    for r in ranks:
+        for batch in r["fed"]:
+            own_step(model, batch, recorder, special_ids, variant="G")
+    for name in ranks[0]["grads"][0]:
+        expected = sum(grads[name] for grads in recorder.grads) / len(recorder.grads)
+        for rank, r in enumerate(ranks):
+            torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"rank {rank}, {name}: {m}")
