@@ -2215,3 +2215,256 @@ def test_mpnet_script_leaves_a_folder_that_is_not_the_model_alone(tmp_path, caps
     assert mpnet.main(["--folder", str(folder)]) == 2
     assert "is not an assembled all-mpnet-base-v2 folder" in only_error_line(capsys.readouterr().err)
     assert os.listdir(folder) == ["notes.txt"]
+
+
+# --- new tests from the trainer branch
+# The README's Trainer subclass (<!-- snippet:trainer -->), run as it stands there, against its
+# own-loop `dropmix_step` (<!-- snippet:own-loop -->): same batches, same lam and n, no dropout.
+
+TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
+                 "where is the city", "what is the name of the world", "why",
+                 "when was the state called", "which country", "how much does the year mean",
+                 "what is the origin of the city", "who did", "where is the river of the state",
+                 "what is a river", "how many city", "who is the president of the country",
+                 "what does the world mean"]
+TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_folder(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier-trainer"), num_labels=3)
+
+
+def no_dropout_classifier(folder: Path):
+    """A fresh copy of the tiny classifier with every dropout at 0, so that two copies trained
+    on the same batch see the same function."""
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(
+        folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def fixed_draws(monkeypatch) -> None:
+    """lam and G's window height fixed, before the snippets import them."""
+    monkeypatch.setattr(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
+    window_shape = patches.window_shape
+    monkeypatch.setattr(patches, "window_shape",
+                        lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
+
+
+def readme_namespace(marker: str) -> dict:
+    namespace: dict = {}
+    exec(compile(readme_block(marker), "README.md", "exec"), namespace)
+    return namespace
+
+
+def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int, **extra):
+    """(trainer, batches it will be fed, gradients before each optimizer step) for the README's
+    DropMixTrainer on `examples` of TRAINER_TEXTS in batches of 4, offline on the CPU. lr 0
+    and no clipping, so every optimizer step sees the weights the own loop sees."""
+    from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dataset = [{"text": text, "label": i % 3} for i, text in enumerate(TRAINER_TEXTS[:examples])]
+    fed, grads = [], []
+
+    def collate(rows):  # a user's collator; it records what the Trainer fed, in its order
+        enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+        batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+        fed.append({key: value.clone() for key, value in batch.items()})
+        return batch
+
+    class Gradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": grad_accum, "num_train_epochs": 1, "learning_rate": 0.0,
+        "weight_decay": 0.0, "max_grad_norm": 0.0, "report_to": "none", "save_strategy": "no",
+        "logging_strategy": "no", "disable_tqdm": True, "use_cpu": True,
+        "remove_unused_columns": False, "dataloader_num_workers": 0, **extra})
+    trainer = readme_namespace("<!-- snippet:trainer -->")["DropMixTrainer"](
+        model=no_dropout_classifier(folder), args=args, train_dataset=dataset,
+        data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+    return trainer, fed, grads
+
+
+class GradientRecorder:
+    """Stands in for the own loop's optimizer: keeps the gradients it would step on."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+
+@pytest.mark.parametrize("grad_accum, batches", [(1, 1), (2, 2), (2, 3)])
+def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches,
+                                                             tiny_classifier_folder, tmp_path,
+                                                             monkeypatch):
+    # (2, 3): the epoch's last optimizer step holds one batch, and averages over that one
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4 * batches, grad_accum)
+    result = trainer.train()
+    assert len(fed) == batches and len(grads) == math.ceil(batches / grad_accum)
+
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    special_ids = trainer.processing_class.all_special_ids
+    recorder = GradientRecorder(model)
+    own_losses = [own_step(model, batch, recorder, special_ids, variant="G") for batch in fed]
+    step_losses = []
+    for step, trainer_grads in enumerate(grads):
+        group = range(step * grad_accum, min((step + 1) * grad_accum, batches))
+        step_losses.append(sum(own_losses[i] for i in group) / len(group))
+        for name, grad in trainer_grads.items():
+            # one optimizer step of the Trainer = the mean of the own loop's over its batches
+            expected = sum(recorder.grads[i][name] for i in group) / len(group)
+            torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"step {step}, {name}: {m}")
+    # the loss the Trainer reports is the own loop's, averaged the same way
+    assert result.training_loss == pytest.approx(float(sum(step_losses) / len(step_losses)), abs=1e-6)
+
+
+def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_classifier_folder,
+                                                                          tmp_path, monkeypatch):
+    # On one process no_sync changes nothing, and under DDP an all-reduced clean backward still
+    # ends in the same averaged gradients (one all-reduce too many): so this checks the calls.
+    # Every forward runs inside compute_loss_context_manager and every backward outside it,
+    # through accelerator.backward; the clean ones inside accelerator.no_sync, the mixed ones
+    # in the loop's context: inside its no_sync on the first of two accumulated batches,
+    # outside it (the all-reduce) on the last.
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
+    accelerator, calls = trainer.accelerator, []
+    inside = {"no_sync": 0, "loss_context": 0}
+
+    def counted(name, context):
+        @contextlib.contextmanager
+        def wrapper(*args, **kwargs):
+            inside[name] += 1
+            try:
+                with context(*args, **kwargs):
+                    yield
+            finally:
+                inside[name] -= 1
+        return wrapper
+
+    def record(kind):
+        calls.append((kind, inside["no_sync"] > 0, inside["loss_context"] > 0))
+
+    def recorded_backward(loss, _backward=accelerator.backward, **kwargs):
+        record("backward")
+        return _backward(loss, **kwargs)
+
+    monkeypatch.setattr(accelerator, "no_sync", counted("no_sync", accelerator.no_sync))
+    monkeypatch.setattr(trainer, "compute_loss_context_manager",
+                        counted("loss_context", trainer.compute_loss_context_manager))
+    monkeypatch.setattr(accelerator, "backward", recorded_backward)
+    trainer.model.register_forward_pre_hook(lambda module, args: record("forward"))
+    trainer.train()
+    # (call, inside no_sync, inside compute_loss_context_manager)
+    clean = mixed = [("forward", True, True), ("backward", True, False)]
+    last_mixed = [("forward", False, True), ("backward", False, False)]
+    assert calls == clean + mixed + clean + last_mixed
+
+
+def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_path, monkeypatch):
+    # bf16=True on the CPU: accelerate wraps the model's forward in bf16 autocast; both passes
+    # of the snippet run under it, and the optimizer step happens
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4, grad_accum=1,
+                                          bf16=True, learning_rate=1e-3)
+    autocast = []
+    trainer.model.bert.register_forward_pre_hook(
+        lambda module, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
+    assert all(torch.isfinite(g).all() for g in grads[0].values())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+# The Trainer's own DDP, two processes on gloo: the README block, fixed lam and n as above, one
+# optimizer step of 2 accumulated batches of 4 per process; each process saves what it was fed
+# and the gradients it would step on.
+TRAINER_DDP_PROBE = """
+import json, os, sys
+from pathlib import Path
+import torch
+here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+texts = json.loads(sys.argv[5])
+sys.path.insert(0, here)
+import mix, patches
+mix.sample_lam = lambda alpha, size, device="cpu": torch.tensor(lam)[:size].to(device)
+window_shape = patches.window_shape
+patches.window_shape = lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2)
+readme = (Path(here) / "README.md").read_text()
+namespace = {}
+exec(readme.split("<!-- snippet:trainer -->", 1)[1].split("```", 2)[1].split(chr(10), 1)[1], namespace)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(
+    folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+fed, grads = [], []
+
+def collate(rows):
+    enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+    fed.append({key: value.clone() for key, value in batch.items()})
+    return batch
+
+class Gradients(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+args = TrainingArguments(
+    output_dir=str(Path(out).parent / "trainer"), per_device_train_batch_size=4,
+    gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=0.0, weight_decay=0.0,
+    max_grad_norm=0.0, report_to="none", save_strategy="no", logging_strategy="no",
+    disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
+trainer = namespace["DropMixTrainer"](
+    model=model, args=args, train_dataset=[{"text": t, "label": i % 3} for i, t in enumerate(texts)],
+    data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+trainer.train()
+wrapped = type(trainer.model_wrapped).__name__
+torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_classifier_folder,
+                                                                         tmp_path, monkeypatch):
+    # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
+    # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
+    # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
+    import subprocess
+    script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
+    script.write_text(TRAINER_DDP_PROBE)
+    done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
+                           str(tiny_classifier_folder), str(out), json.dumps(TRAINER_LAM.tolist()),
+                           json.dumps(TRAINER_TEXTS[:16])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, failed_children(done.stderr)
+    ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
+    assert [(len(r["fed"]), len(r["grads"])) for r in ranks] == [(2, 1), (2, 1)]
+
+    fixed_draws(monkeypatch)
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    from transformers import AutoTokenizer
+    special_ids = AutoTokenizer.from_pretrained(tiny_classifier_folder).all_special_ids
+    recorder = GradientRecorder(model)
+    for r in ranks:
+        for batch in r["fed"]:
+            own_step(model, batch, recorder, special_ids, variant="G")
+    for name in ranks[0]["grads"][0]:
+        expected = sum(grads[name] for grads in recorder.grads) / len(recorder.grads)
+        for rank, r in enumerate(ranks):
+            torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"rank {rank}, {name}: {m}")
