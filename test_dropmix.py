@@ -1496,6 +1496,36 @@ def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: floa
     (folder / f"{name}.json").write_text(json.dumps(results))
 
 
+def test_summary_longer_schedule_table_and_epoch_plot(tmp_path):
+    # dropout at 3 epochs; dropout, C and G at 10, two seeds each, every epoch recorded
+    def run(name, variant, seed, final, epochs=10):
+        fake_result(tmp_path, name, variant, seed, final, epochs=epochs,
+                    alpha=None if variant == "dropout" else 0.25)
+        path = tmp_path / f"{name}.json"
+        results = json.loads(path.read_text())
+        results["final"]["split"] = "test"
+        results["epochs"] = [{"test": {"accuracy": final - 0.01 * (epochs - k)}}
+                             for k in range(1, epochs + 1)]
+        path.write_text(json.dumps(results))
+    for seed, (d3, d10, c10, g10) in {1: (0.90, 0.91, 0.92, 0.95), 2: (0.92, 0.92, 0.91, 0.93)}.items():
+        run(f"d3-{seed}", "dropout", seed, d3, epochs=3)
+        run(f"d10-{seed}", "dropout", seed, d10)
+        run(f"c10-{seed}", "C", seed, c10)
+        run(f"g10-{seed}", "G", seed, g10)
+    table = summary.schedule_table([tmp_path], 3, 10)
+    # C: +2, -1 against dropout at 3; +1, -1 against dropout at 10. G: +5, +1; +4, +1.
+    # seed means over (dropout at 3, C, G): 92.33 and 92.00; over (dropout at 10, C, G): 92.67, 92.00
+    assert table.splitlines()[2] == (f"| {tmp_path.name} | +0.50 (+2.00, -1.00) | +3.00 (+5.00, "
+                                     "+1.00) | +0.00 (+1.00, -1.00) | +2.50 (+4.00, +1.00) | 2 "
+                                     "| 0.33 / 0.67 |")
+    png = tmp_path / "long.png"
+    assert summary.plot_epochs([tmp_path], 10, 3, png) == f"wrote {png}"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without 10-epoch runs there is neither a row nor a plot
+    assert summary.schedule_table([tmp_path], 3, 12).count("\n") == 2
+    assert "no plot" in summary.plot_epochs([tmp_path], 12, 3, tmp_path / "none.png")
+
+
 def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
     for seed, acc in zip((1, 2, 3), (0.90, 0.92, 0.97)):
         fake_result(tmp_path, f"g{seed}", "G", seed, acc, alpha=0.25)

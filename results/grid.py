@@ -124,8 +124,11 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
     # finished the folder is empty, and the task has no table yet.
     folders = [results_root / task for task in TASKS if any((results_root / task).glob("*.json"))]
     try:
-        tables = {folder.name: summary.summarize(folder) for folder in folders}
+        tables = {folder.name: summary.summarize(folder, EPOCHS) for folder in folders}
         cross = summary.cross_task_table(folders)
+        schedule = summary.schedule_table(folders, EPOCHS[1.0], LONG_EPOCHS)
+        figure = readme.resolve().parent / "long-schedule.png"
+        print(summary.plot_epochs(folders, LONG_EPOCHS, EPOCHS[1.0], figure))
     except summary.UsageError as error:
         return str(error)
     done = sum((results_root / r.task / f"{r.name}.json").exists() for r in runs)
@@ -139,11 +142,20 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
             link = os.path.relpath(curve, readme.resolve().parent)
             block.append(f"![Test accuracy against the share of the training set]({link})")
     block.append("**C and G minus dropout on each task's full training set**\n\n" + cross)
+    longer = (f"**The longer schedule: C and G at {LONG_EPOCHS} epochs against dropout at "
+              f"{EPOCHS[1.0]} (the paper's protocol) and at {LONG_EPOCHS} (the fair comparison)"
+              "**, mean minus mean and seed by seed, in points\n\n" + schedule)
+    if schedule.count("\n") > 2:
+        block.append(longer)
+        if figure.exists():
+            block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]"
+                         f"({figure.name})")
     first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
+    main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross]
+    if schedule.count("\n") > 2:
+        main_block.append(longer)
     return (replace_block(readme, "\n\n".join(block))
-            or replace_block(main_readme, "\n\n".join([status, first_table.strip(),
-                                                       "**C and G minus dropout, per task**\n\n"
-                                                       + cross])))
+            or replace_block(main_readme, "\n\n".join(main_block)))
 
 
 def main() -> int:

@@ -49,6 +49,7 @@ class Cell:
     """The runs of one variant (and alpha) in one setting: one per seed."""
     seeds: list[int] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
+    by_epoch: list[list[float]] = field(default_factory=list)  # per seed: each epoch's accuracy
     label_weight: list[float] = field(default_factory=list)
     commits: set = field(default_factory=set)
     empty_mixes: int = 0       # mixed examples that took nothing from the partner (r = 0)...
@@ -70,6 +71,8 @@ class Cell:
         self.rest, self.source = rest, self.source or path.name
         self.seeds.append(config["seed"])
         self.accuracy.append(100 * results["final"]["accuracy"])
+        split = results["final"].get("split")  # the reported split, as every epoch records it
+        self.by_epoch.append([100 * e[split]["accuracy"] for e in results["epochs"] if split in e])
         weights = [e["mean_label_weight"] for e in results["epochs"]
                    if e.get("mean_label_weight") is not None]
         if weights:
@@ -271,13 +274,17 @@ def format_tables(settings: dict[tuple, dict[tuple, Cell]], lines: dict[tuple, l
     return "\n".join(out + format_curve(lines))
 
 
-def curve_points(settings: dict[tuple, dict[tuple, Cell]]) -> dict[tuple, list]:
+def curve_points(settings: dict[tuple, dict[tuple, Cell]],
+                 epochs_of: dict[float, int] | None = None) -> dict[tuple, list]:
     """Figure 2's experiment: per (task, encoder, variant) at its default alpha, the points
     (fraction, mean, std, seeds) of every setting it ran in (std None for one seed), for the
     variants measured at three fractions or more (two points make no curve), in the order of
-    train.VARIANTS."""
+    train.VARIANTS. `epochs_of` {fraction: epochs}, when given, keeps only the settings of the
+    curve's own budget (the grid's), so that a longer schedule on the same share is no point."""
     lines: dict[tuple, dict[float, tuple]] = {}  # {(task, model, variant): {fraction: (epochs, point)}}
     for (task, model, fraction, epochs), cells in settings.items():
+        if epochs_of is not None and epochs_of.get(fraction, epochs) != epochs:
+            continue
         for (variant, alpha), cell in cells.items():
             if alpha != default_alpha(variant):
                 continue
@@ -351,10 +358,107 @@ def cross_task_table(folders: list[Path]) -> str:
     return "\n".join(out) + "\n"
 
 
-def summarize(folder: Path) -> str:
-    """Write FOLDER/summary.md (and curve.png); returns the tables."""
+# ---------------------------------------------------------------------------------------------
+# The longer schedule (section 5.3: "we run multiple epochs (5 to 10 times) for these
+# regularization schemes"): C and G trained longer, against dropout at the paper's 3 epochs
+# (what Table 3 compares) and against dropout trained as long (the fair comparison)
+# ---------------------------------------------------------------------------------------------
+
+def full_set_cells(folder: Path, epochs: int) -> dict[str, Cell]:
+    """{variant: cell} of a task folder's table on the full training set at `epochs`."""
+    return {variant: cell
+            for (_, _, fraction, e), cells in collect_results(folder).items()
+            if fraction == 1.0 and e == epochs
+            for variant, (_, cell) in main_cells(cells).items()}
+
+
+def seed_spread(cells: list[Cell]) -> float | None:
+    """The range of the seed means over `cells` (the "By seed" line), over the shared seeds."""
+    means = [statistics.mean(c.by_seed()[s] for c in cells) for s in shared_seeds(cells)]
+    return max(means) - min(means) if len(means) > 1 else None
+
+
+def format_gap(gap: tuple[float, dict[int, float]] | None) -> str:
+    """mean (seed by seed), or '–'."""
+    if gap is None:
+        return "–"
+    return f"{signed(gap[0])} ({', '.join(signed(g) for _, g in sorted(gap[1].items()))})"
+
+
+def schedule_table(folders: list[Path], short: int, long: int) -> str:
+    """Per task: C and G at `long` epochs minus dropout at `short` (the paper's protocol) and
+    minus dropout at `long` (the fair one), mean and seed by seed; the seed spread of each
+    comparison's three rows."""
+    out = [f"| task | C at {long} - dropout at {short} | G at {long} - dropout at {short} "
+           f"| C - dropout, both at {long} | G - dropout, both at {long} | seeds "
+           f"| spread over seeds (protocol / fair) |", "|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        at_short, at_long = full_set_cells(folder, short), full_set_cells(folder, long)
+        if not any(v in at_long for v in ("C", "G")) or "dropout" not in at_short:
+            continue
+        gaps, seeds = [], set()
+        for baseline in (at_short["dropout"], at_long.get("dropout")):
+            for variant in ("C", "G"):
+                gap = (gap_to_dropout(at_long[variant], baseline)
+                       if variant in at_long and baseline is not None else None)
+                gaps.append(format_gap(gap))
+                seeds |= set(gap[1]) if gap else set()
+        spreads = [seed_spread([c for c in [dropout, at_long.get("C"), at_long.get("G")] if c])
+                   for dropout in (at_short["dropout"], at_long.get("dropout"))]
+        spread = " / ".join(f"{x:.2f}" if x is not None else "–" for x in spreads)
+        out.append(f"| {folder.name} | {' | '.join(gaps)} | {len(seeds)} | {spread} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_epochs(folders: list[Path], long: int, short: int, path: Path,
+                variants: tuple[str, ...] = ("dropout", "C", "G")) -> str:
+    """Held-out accuracy against the epoch of the `long` runs, one panel per task: the mean
+    over seeds as a line, the min-max over seeds as a band, and dropout's mean at `short`
+    epochs as a dashed line (the baseline of the paper's protocol). Says what it did."""
+    panels = [(folder.name, full_set_cells(folder, long), full_set_cells(folder, short))
+              for folder in folders]
+    panels = [p for p in panels if any(v in p[1] and p[1][v].by_epoch[0] for v in variants)]
+    if not panels:
+        return f"no {long}-epoch runs with per-epoch accuracies yet: no plot"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: it needs matplotlib (pip install matplotlib)"
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, (task, cells, short_cells) in zip(axes[0], panels):
+        for i, variant in enumerate(v for v in variants if v in cells):
+            curves = [c for c in cells[variant].by_epoch if c]
+            done = min(len(c) for c in curves)  # epochs every seed has finished
+            columns = list(zip(*(c[:done] for c in curves)))
+            x = range(1, done + 1)
+            color = f"C{i}"
+            ax.plot(x, [statistics.mean(col) for col in columns], color=color, marker=".",
+                    label=f"{variant} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            ax.fill_between(x, [min(col) for col in columns], [max(col) for col in columns],
+                            color=color, alpha=0.15, linewidth=0)
+        if "dropout" in short_cells:
+            ax.axhline(short_cells["dropout"].mean_std()[0], color="C0", linestyle="--",
+                       linewidth=1, label=f"dropout, {short} epochs")
+        ax.set_title(task)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(range(1, long + 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("held-out accuracy (%)")
+    fig.suptitle(f"{long} epochs: mean over seeds, band from min to max", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"wrote {path}"
+
+
+def summarize(folder: Path, curve_epochs: dict[float, int] | None = None) -> str:
+    """Write FOLDER/summary.md (and curve.png); returns the tables. `curve_epochs`: see
+    curve_points."""
     settings = collect_results(folder)
-    lines = curve_points(settings)
+    lines = curve_points(settings, curve_epochs)
     tables = format_tables(settings, lines)
     data.atomic_write(folder / "summary.md", tables)
     print(f"wrote {folder / 'summary.md'}; " + plot_curve(lines, folder / "curve.png"))
