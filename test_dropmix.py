@@ -1355,6 +1355,79 @@ def test_gradient_accumulation_and_ddp_equal_one_big_batch(tiny_bert, tmp_path):
         assert_same_steps(wrong, whole["steps"])
 
 
+def literal_step_gradients(model, batch, lam, n):
+    """grad of (L_clean + L_mixed) / 2 for DropMix-G with window n x 1, written out: the clean
+    loss, I = |dL_clean/dX|, the mixed input of eq. 2 from that I, eq. 6's loss on it."""
+    params = [p for p in model.parameters()]
+    x = model.get_input_embeddings()(batch["input_ids"])
+    inputs = saliency.model_inputs(batch)
+    loss_clean = F.cross_entropy(model(inputs_embeds=x, **inputs).logits, batch["labels"])
+    (I,) = torch.autograd.grad(loss_clean, x, retain_graph=True)
+    mixed, r = mix.dropmix(x, I.abs(), mix.ordinary_tokens(batch), n, 1, lam)
+    logits = model(inputs_embeds=mixed, **inputs).logits
+    y = batch["labels"]
+    ce_a = F.cross_entropy(logits, y, reduction="none")
+    ce_b = F.cross_entropy(logits, y.roll(1), reduction="none")
+    loss_mixed = ((1 - r) * ce_a + r * ce_b).mean()
+    grads = torch.autograd.grad((loss_clean + loss_mixed) / 2, params, allow_unused=True)
+    return {name: g for (name, _), g in zip(model.named_parameters(), grads) if g is not None}
+
+
+def step_setup(tiny_classifier, monkeypatch, lam):
+    """The tiny classifier without dropout, a batch, and a G config whose lam and n are fixed."""
+    model, tokenizer = tiny_classifier
+    model.eval()  # no dropout: the step and the literal version see the same function
+    batch = tiny_batch(tokenizer, ["what is the city ?", "who was the first president of the state",
+                                   "how many", "where is the river"], [0, 1, 2, 1])
+    monkeypatch.setattr(train, "sample_lam", lambda alpha, size, device: lam.clone())
+    (config,) = train.configs_from_args(train.build_parser().parse_args(
+        ["--task", "trec", "--variant", "G", "--n-range", "2"]))
+    return model, batch, config
+
+
+def test_a_mixing_step_gives_the_gradient_of_half_the_clean_plus_half_the_mixed_loss(
+        tiny_classifier, monkeypatch):
+    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
+    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
+    model.zero_grad(set_to_none=True)
+    stats = train.train_step(config, model, batch)
+    expected = literal_step_gradients(model, batch, lam, 2)
+    assert expected.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert stats["mixed_examples"] == 4 and 0 < stats["label_weight"] < 1
+    model.zero_grad(set_to_none=True)
+    model.train()
+
+
+def test_clipping_takes_the_whole_step_after_both_backward_passes(tiny_classifier, monkeypatch):
+    # max_grad_norm far below the step's gradient norm: clip(g_clean / 2 + g_mixed / 2) is
+    # what the optimizer must see; clipping between the two backward passes gives another g.
+    import dataclasses
+    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
+    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
+    config = dataclasses.replace(config, max_grad_norm=1e-3)
+    expected = literal_step_gradients(model, batch, lam, 2)
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))
+    assert norm > 100 * config.max_grad_norm
+    seen = {}
+
+    class Recorder:  # an optimizer that keeps the gradients it is given
+        def step(self):
+            seen.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        def zero_grad(self, set_to_none=True):
+            model.zero_grad(set_to_none=set_to_none)
+    no_schedule = type("NoSchedule", (), {"step": lambda self: None})()
+    train.train_epoch(config, model, Recorder(), no_schedule, [batch], 0)
+    assert seen.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(seen[name], g * config.max_grad_norm / norm, rtol=1e-4,
+                                   atol=1e-9, msg=name)
+    model.train()
+
+
 @needs_data
 @pytest.mark.parametrize("variant", [v for v in train.VARIANTS if train.VARIANTS[v].mixes])
 def test_every_mixing_variant_trains_end_to_end_on_sentence_pairs(variant, tiny_bert, tmp_path):
