@@ -559,21 +559,6 @@ def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     assert "over 2 seeds" in capsys.readouterr().out
 
 
-def test_missing_data_without_network_is_one_message_and_status_2(tiny_bert, tmp_path,
-                                                                     monkeypatch, capsys):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    status = run_train(*TINY_RUN, "--model", tiny_bert, "--data-dir", tmp_path / "empty",
-                       "--output-dir", tmp_path / "out")
-    err = capsys.readouterr().err
-    assert status == 2
-    assert "TREC.train.all" in err and str(tmp_path / "empty") in err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "TREC.train.all" in errors[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # Any encoder family: the variant's dropout reaches every layer; a head of another size
 # ---------------------------------------------------------------------------------------------
@@ -1450,84 +1435,175 @@ def write_trec_copy(folder: Path, train_bytes: bytes) -> Path:
     return folder
 
 
-BAD_INPUTS = {
-    "alpha": (("--variant", "G", "--alpha", "0"), "--alpha must be a positive finite number, got 0.0"),
-    "fraction": (("--train-fraction", "1.5"), "--train-fraction must be in (0, 1], got 1.5"),
-    "epochs": (("--epochs", "0"), "--epochs must be a positive integer, got 0"),
-    "dropout": (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0"),
-    "seeds": (("--seeds", "1,1"), "--seeds must be distinct integers from 0 to 2**32 - 1"),
-    "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
-    "width": (("--variant", "G", "--window-width", "33"), "window width 33 is outside 1..32"),
-    "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range must be LO,HI"),
-    "empty": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
-    "model": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist"),
-    "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
-    "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
-}
+def folder_state(root: Path) -> dict:
+    """Every file and folder under root, with each file's bytes: what a failed run may not change."""
+    return {str(path.relative_to(root)): path.read_bytes() if path.is_file() else "folder"
+            for path in sorted(root.rglob("*"))}
 
 
-@needs_data
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_sentence_and_status_2(case, tiny_bert, tmp_path, capsys):
-    flags, message = BAD_INPUTS[case]
-    assert tiny_run(tiny_bert, tmp_path / "out", *flags) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
-    assert not (tmp_path / "out/seed-1/results.json").exists()
+def damaged_checkpoint(keep: float):
+    """A setup that leaves a checkpoint.pt cut to `keep` of its bytes in the run's folder."""
+    def setup(tmp_path, tiny_bert, monkeypatch):
+        path = tmp_path / "out/seed-1/checkpoint.pt"
+        path.parent.mkdir(parents=True)
+        torch.save({"config": {}, "model": {"w": torch.zeros(10_000)}}, path)
+        path.write_bytes(path.read_bytes()[:int(keep * path.stat().st_size)])
+        return ("--resume",)
+    return setup
 
 
-@pytest.mark.parametrize("flag", [("--task", "nope"), ("--variant", "Z")])
-def test_unknown_task_or_variant_lists_the_known_ones(flag, capsys):
-    assert train.main(["--task", "trec", *flag]) == 2
-    err = capsys.readouterr().err
-    assert "invalid choice" in err and ("trec" in err if flag[0] == "--task" else "dropout" in err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+def model_copy_with_cut_weights(tmp_path, tiny_bert, monkeypatch):
+    folder = tmp_path / "cut-model"
+    shutil.copytree(tiny_bert, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 3])
+    return ("--model", folder)
 
 
-@needs_data
-def test_malformed_line_and_wrong_encoding_name_file_and_line(tiny_bert, tmp_path, capsys):
+def a_file(tmp_path, tiny_bert, monkeypatch):
+    (tmp_path / "model.bin").write_bytes(b"not a model")
+    return ("--model", tmp_path / "model.bin")
+
+
+def an_empty_folder(tmp_path, tiny_bert, monkeypatch):
+    (tmp_path / "empty-model").mkdir()
+    return ("--model", tmp_path / "empty-model")
+
+
+def no_hub(tmp_path, tiny_bert, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise OSError("no route to host")
+    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    return ("--model", "no-such-model-anywhere")
+
+
+def a_finished_run(*flags):
+    def setup(tmp_path, tiny_bert, monkeypatch):
+        (tmp_path / "out/seed-1").mkdir(parents=True)
+        (tmp_path / "out/seed-1/results.json").write_text('{"final": "kept"}')
+        return flags
+    return setup
+
+
+def output_under_a_file(tmp_path, tiny_bert, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    return ("--output-dir", tmp_path / "file" / "out")
+
+
+def trec_with_a_malformed_line(tmp_path, tiny_bert, monkeypatch):
     lines = (DATA / "trec/TREC.train.all").read_bytes().split(b"\n")
     bad = write_trec_copy(tmp_path / "bad", b"\n".join(lines[:10] + [b"x Who is it ?"] + lines[10:]))
-    assert run_train(*TINY_RUN, "--model", tiny_bert, "--data-dir", bad, "--output-dir", tmp_path / "o") == 2
-    assert "trec/TREC.train.all line 11" in capsys.readouterr().err
+    return ("--data-dir", bad)
+
+
+def sst1_with_a_cp1252_byte(tmp_path, tiny_bert, monkeypatch):
     sst = tmp_path / "sst" / "sst1"
     sst.mkdir(parents=True)
     for split in ("train", "dev", "test"):
         shutil.copy(DATA / f"sst1/stsa.fine.{split}", sst / f"stsa.fine.{split}")
     (sst / "stsa.fine.dev").write_bytes(b"2 fine\n3 caf\xe9 au lait\n")  # cp1252 in a UTF-8 file
-    assert run_train("--task", "sst1", "--epochs", "1", "--no-progress", "--model", tiny_bert,
-                     "--data-dir", tmp_path / "sst", "--output-dir", tmp_path / "o2") == 2
+    return ("--task", "sst1", "--data-dir", tmp_path / "sst")
+
+
+def no_data_and_no_network(tmp_path, tiny_bert, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    return ("--data-dir", tmp_path / "no-data")
+
+
+# Every bad input a user may give, with the sentence it must get: flags (or a setup that
+# prepares the folder and returns the flags), and the words of the one "error:" line.
+BAD_INPUTS = {
+    "unknown task": (("--task", "nope"), "argument --task: invalid choice: 'nope' (choose from"),
+    "unknown variant": (("--variant", "Z"), "argument --variant: invalid choice: 'Z'"),
+    "alpha 0": (("--variant", "G", "--alpha", "0"), "--alpha must be a positive finite number, got 0.0."),
+    "alpha inf": (("--variant", "G", "--alpha", "inf"), "--alpha must be a positive finite number, got inf."),
+    "alpha nan": (("--variant", "C", "--alpha", "nan"), "--alpha must be a positive finite number, got nan."),
+    "fraction": (("--train-fraction", "1.5"), "--train-fraction must be in (0, 1], got 1.5."),
+    "epochs": (("--epochs", "0"), "--epochs must be a positive integer, got 0."),
+    "dropout": (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0."),
+    "seed overflow": (("--seed", "9" * 23), f"--seed must be an integer from 0 to 2**32 - 1, got {'9' * 23}."),
+    "seed negative": (("--seed", "-1"), "--seed must be an integer from 0 to 2**32 - 1, got -1."),
+    "seeds repeated": (("--seeds", "1,1"), "--seeds must be distinct integers from 0 to 2**32 - 1"),
+    "seeds with a gap": (("--seeds", "1,,2"), "argument --seeds: must be integers like 1,2,3, got '1,,2'"),
+    "seed and seeds": (("--seed", "2", "--seeds", "1,2"), "--seed and --seeds contradict each other"),
+    "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range must be LO,HI or one integer"),
+    "alpha for dropout": (("--variant", "dropout", "--alpha", "0.3"),
+                          "--alpha is read only by --variant mixup, dropout-mixup, U, C, W, G; dropout would ignore it."),
+    "alpha for ssmix": (("--variant", "ssmix", "--alpha", "0.3"), "ssmix would ignore it."),
+    "n-range for C": (("--variant", "C", "--n-range", "3"), "--n-range is read only by --variant W, G; C would ignore it."),
+    "width for U": (("--variant", "U", "--window-width", "2"),
+                    "--window-width is read only by --variant G; U would ignore it."),
+    "span share for G": (("--variant", "G", "--span-share", "0.2"),
+                         "--span-share is read only by --variant ssmix; G would ignore it."),
+    "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
+    "width": (("--variant", "G", "--window-width", "33"), "--window-width 33: window width 33 is outside 1..32."),
+    "empty subsample": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
+    "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
+    "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
+    "device meta": (("--device", "meta"), "--device meta is not one this trainer runs on: cpu, cuda or cuda:K."),
+    "device mps": (("--device", "mps"), "--device mps is not one this trainer runs on"),
+    "model missing": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist."),
+    "model is a file": (a_file, "model.bin is a file: it takes a folder that save_pretrained wrote"),
+    "model folder empty": (an_empty_folder, "empty-model is a folder without config.json: it takes a folder"),
+    "model weights cut": (model_copy_with_cut_weights, "cut-model': "),
+    "model hub unreachable": (no_hub, "--model no-such-model-anywhere is not a local folder, not in the "
+                                      "Hugging Face cache, and the hub (huggingface.co) cannot be reached"),
+    "checkpoint cut": (damaged_checkpoint(0.4), "checkpoint.pt is damaged ("),
+    "checkpoint empty": (damaged_checkpoint(0.0), "checkpoint.pt is damaged ("),
+    "finished run": (a_finished_run(), "holds a finished run; pass --overwrite to replace it."),
+    "resume and overwrite": (a_finished_run("--resume", "--overwrite"),
+                             "--resume and --overwrite contradict each other: pass one of them."),
+    "unwritable output": (output_under_a_file, "cannot write to the output folder"),
+    "malformed data line": (trec_with_a_malformed_line, "trec/TREC.train.all line 11"),
+    "wrong encoding": (sst1_with_a_cp1252_byte, "sst1/stsa.fine.dev line 2"),
+    "no data, no network": (no_data_and_no_network, "TREC.train.all"),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_sentence_status_2_and_changes_nothing(case, tiny_bert, tmp_path,
+                                                                monkeypatch, capsys):
+    flags, message = BAD_INPUTS[case]
+    if callable(flags):
+        flags = flags(tmp_path, tiny_bert, monkeypatch)
+    before = folder_state(tmp_path)
+    assert tiny_run(tiny_bert, tmp_path / "out", *flags) == 2
     err = capsys.readouterr().err
-    assert "sst1/stsa.fine.dev line 2" in err and "Traceback" not in err
+    assert "Traceback" not in err and message in err, err
+    said = [line for line in err.splitlines() if not line.startswith(("warning: ", "downloading "))]
+    assert len(said) == 1 and said[0].startswith("error: ") and message in said[0], err
+    # nothing written, nothing deleted, and no empty folder left for a rerun to trip over
+    assert folder_state(tmp_path) == before
 
 
 @needs_data
-def test_unwritable_output_folder(tiny_bert, tmp_path, capsys):
-    (tmp_path / "file").write_text("not a folder")
-    assert tiny_run(tiny_bert, tmp_path / "file" / "out") == 2
-    assert "cannot write to the output folder" in capsys.readouterr().err
-
-
-@needs_data
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_bert, tmp_path,
-                                                                     monkeypatch, capsys):
+@pytest.mark.parametrize("bad_step", [2, 6], ids=["epoch 1", "epoch 2"])
+def test_a_nan_loss_stops_at_its_step_and_says_what_is_kept(bad_step, tiny_bert, tmp_path,
+                                                           monkeypatch, capsys):
     real_step = train.train_step
     calls = {"n": 0}
 
     def step_that_diverges(*args, **kwargs):
         calls["n"] += 1
         result = real_step(*args, **kwargs)
-        if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
+        if calls["n"] == bad_step:  # 4 batches per epoch: step 2 is epoch 1, step 6 epoch 2
             result["loss"] = float("nan")
         return result
     monkeypatch.setattr(train, "train_step", step_that_diverges)
     out = tmp_path / "run"
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--epochs", "3") == 2
     err = capsys.readouterr().err
-    assert "became nan at epoch 2, batch 2" in err
-    checkpoint = torch.load(out / "seed-1/checkpoint.pt", weights_only=False)
-    assert checkpoint["epoch"] == 1 and not (out / "seed-1/results.json").exists()
+    assert [line.startswith("error: ") for line in err.splitlines()] == [True]
+    if bad_step == 2:
+        assert "became nan at epoch 1, batch 2; no epoch had finished, so no checkpoint was kept." in err
+        assert not out.exists()  # and no empty folder says otherwise
+    else:
+        assert f"became nan at epoch 2, batch 2; the checkpoint of epoch 1 is kept in {out / 'seed-1'}." in err
+        checkpoint = torch.load(out / "seed-1/checkpoint.pt", weights_only=False)
+        assert checkpoint["epoch"] == 1 and not (out / "seed-1/results.json").exists()
 
 
 def readme_block(marker: str) -> str:
