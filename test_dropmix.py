@@ -1795,12 +1795,18 @@ def test_summary_refuses_to_pool_different_runs(tmp_path, capsys):
 
 def test_grid_plan_covers_the_issues():
     runs = grid.plan()
-    assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27 + 36
+    assert len({(r.task, r.name) for r in runs}) == len(runs) == 90 + 27 + 36 + 6
+    # last, the paper-sized encoder: dropout and G on all of TREC, 3 epochs, 3 seeds
+    mpnet = [(r.task, r.variant, r.fraction, r.epochs, r.seed) for r in runs if r.encoder]
+    assert mpnet == [("trec", v, 1.0, 3, s) for s in (1, 2, 3) for v in ("dropout", "G")]
+    assert all(r.name.endswith("-mpnet") for r in runs[-6:] if r.encoder) and not runs[-7].encoder
+    runs = runs[:-6]
+    # before them, the longer schedule: dropout, C and G at 10 epochs on the four tasks
     long = [(r.task, r.variant, r.alpha, r.seed) for r in runs if r.epochs == grid.LONG_EPOCHS]
     assert sorted(long) == sorted((t, v, {"dropout": None}.get(v, 0.25), s)
                                   for t in grid.TASKS for v in ("dropout", "C", "G") for s in (1, 2, 3))
     assert all(r.fraction == 1.0 for r in runs if r.epochs == grid.LONG_EPOCHS)
-    assert runs[-36:] == [r for r in runs if r.epochs == grid.LONG_EPOCHS]  # they run last
+    assert runs[-36:] == [r for r in runs if r.epochs == grid.LONG_EPOCHS]
     runs = runs[:-36]
     full = [r for r in runs if r.fraction == 1.0 and r.task == "trec"]
     assert {(r.variant, r.seed) for r in full} == {(v, s) for v in train.VARIANTS for s in (1, 2, 3)}
@@ -1835,7 +1841,7 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     text, main_text = readme.read_text(), main_readme.read_text()
     for written in (text, main_text):
         assert written.startswith("# intro\n") and written.endswith(f"{grid.END}\n## after\n")
-        assert "old table" not in written and "4 of the grid's 153 runs are finished" in written
+        assert "old table" not in written and "4 of the grid's 159 runs are finished" in written
         assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in written
         assert "| trec (3 epochs) | – | +2.00 | 2 | 2.00 |" in written  # G - dropout: 2, 2
     assert "10% of the training set" in text and "10% of the training set" not in main_text

@@ -146,7 +146,7 @@ def format_setting(setting: tuple, cells: dict[tuple, Cell]) -> list[str]:
     then its cost."""
     task, model, fraction, epochs = setting
     paper = PAPER_TABLE_3.get(task) if fraction == 1.0 else None
-    name = f"{task}, {100 * fraction:g}% of the training set, {epochs} epochs, encoder {model}"
+    name = f"{task}, {100 * fraction:g}% of the training set, {epochs} epochs, encoder {Path(model).name}"
     out = [f"**{name}**\n",
            "| variant | alpha | accuracy (%) | seeds | mean label weight r |"
            + (" paper, bert-base (%) |" if paper else ""),
@@ -352,7 +352,8 @@ def cross_task_table(folders: list[Path]) -> str:
             by_seed = [statistics.mean(c.by_seed()[s] for c in in_table)
                        for s in shared_seeds(in_table)]
             spread = f"{max(by_seed) - min(by_seed):.2f}" if len(by_seed) > 1 else "–"
-            out.append(f"| {task} ({epochs} epochs) | {row[0]} | {row[1]} | {len(seeds)} | {spread} |")
+            label = f"{epochs} epochs" + ("" if model == data.DEFAULT_MODEL else f", {Path(model).name}")
+            out.append(f"| {task} ({label}) | {row[0]} | {row[1]} | {len(seeds)} | {spread} |")
     mean = [signed(statistics.mean(means[v])) if means[v] else "–" for v in ("C", "G")]
     out.append(f"| mean over tasks | {mean[0]} | {mean[1]} | | |")
     return "\n".join(out) + "\n"
@@ -364,11 +365,11 @@ def cross_task_table(folders: list[Path]) -> str:
 # (what Table 3 compares) and against dropout trained as long (the fair comparison)
 # ---------------------------------------------------------------------------------------------
 
-def full_set_cells(folder: Path, epochs: int) -> dict[str, Cell]:
+def full_set_cells(folder: Path, epochs: int, model: str = data.DEFAULT_MODEL) -> dict[str, Cell]:
     """{variant: cell} of a task folder's table on the full training set at `epochs`."""
     return {variant: cell
-            for (_, _, fraction, e), cells in collect_results(folder).items()
-            if fraction == 1.0 and e == epochs
+            for (_, m, fraction, e), cells in collect_results(folder).items()
+            if fraction == 1.0 and e == epochs and m == model
             for variant, (_, cell) in main_cells(cells).items()}
 
 
