@@ -83,7 +83,7 @@ def random_mask_case(rng: random.Random, ties: bool = False):
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct scores", "tied scores"])
-@pytest.mark.parametrize("order_statistic", ["selection (CPU)", "sorting (GPU)"])
+@pytest.mark.parametrize("order_statistic", ["counting (CPU)", "sorting (GPU)"])
 def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, ties, monkeypatch):
     if order_statistic.startswith("sorting"):  # the path a GPU takes, run here on the CPU
         monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
@@ -134,13 +134,13 @@ def test_tied_windows_are_taken_in_reading_order():
     assert M[0].nonzero().tolist() == [[0, 0], [1, 0]]
 
 
-def test_kth_largest_sorting_and_selection_agree():
+def test_kth_largest_sorting_and_counting_agree():
     g = torch.Generator().manual_seed(0)
     values = torch.randint(-1, 40, (7, 50), generator=g)                 # keys, with ties
     count = torch.randint(0, 51, (7,), generator=g)
     k = torch.randint(0, 55, (7,), generator=g)
     by_sort = patches._kth_largest_by_sorting(values, k, count)
-    by_select = patches._kth_largest_by_selection(values, k, count)
+    by_select = patches._kth_largest_by_counting(values, k, count)
     assert torch.equal(by_sort, by_select)
     for b in range(7):
         kept = sorted(values[b, :count[b]].tolist(), reverse=True)
