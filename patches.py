@@ -7,15 +7,13 @@ EMNLP 2022. This file is sections 4.1 (windows, eq. 3 and eq. 4) and 4.2 (window
     F  (B, N-n+1, D-d+1)   window activation: the L2 norm of every n x d window of I, stride 1
     M  (B, N, D)   0/1 mask: 1 on the units replaced by X_B (eq. 2: X~ = (1 - M) * X_A + M * X_B)
 
-Eq. 4 as this file reads it: windows are taken in descending F, and among windows of equal F
-in reading order (lower token row first, then lower channel), as a stable sort would list
-them. M is the union of the longest prefix of that order whose union still has at most
-floor(lam * N * D) units ("=" read as "at most": a union of whole windows rarely lands on the
-budget exactly). `literal_patch_mask` does exactly that with loops; `patch_mask` computes the
-same M for a whole batch at once, with no sort of the windows, no loop over the examples and
-no host sync (every shape and branch is decided on python ints, never on the values).
-
-The only import is torch, so this file can be copied into another project on its own.
+Eq. 4 as this file reads it: windows are taken in descending F, ties in reading order (lower
+token row first, then lower channel), as a stable sort lists them; M is the union of the
+longest prefix of that order whose union has at most floor(lam * N * D) units ("=" read as
+"at most": whole windows rarely land on the budget). `literal_patch_mask` does that with
+loops; `patch_mask` gives the same M for a whole batch: no sort of the windows, no loop over
+the examples, no host sync (shapes and branches follow python ints, never values). Imports
+torch alone, so it can be copied into another project on its own.
 """
 from __future__ import annotations
 
@@ -30,21 +28,15 @@ N_RANGE = (2, 32)
 # ---------------------------------------------------------------------------------------------
 
 def _box_sum(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Sum of every run of `size` consecutive entries along `dim` (stride 1).
-
-    `unfold` + `sum` adds each window directly: no cumulative sums, so no cancellation error
-    when a small window follows large ones, and on a CPU it is 20-40x faster than avg_pool2d
-    with a (n, 1) kernel. The sum is separable, so an n x d window is two 1-D passes.
-    """
+    """Sum of every run of `size` consecutive entries along `dim` (stride 1). unfold + sum adds
+    each window directly: no cumulative sums (no cancellation after large entries), and on a
+    CPU 20-40x faster than avg_pool2d. Separable: an n x d window is two 1-D passes."""
     return x if size == 1 else x.unfold(dim, size, 1).sum(-1)
 
 
 def window_activation(saliency: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """Section 4.1: slide an n x d window (stride 1) over I and take each window's L2 norm.
-
-    saliency: I, (B, N, D). Returns F, (B, N - n + 1, D - d + 1), with
-        F[b, i, j] = || I[b, i:i+n, j:j+d] ||_2.
-    """
+    """Section 4.1: slide an n x d window (stride 1) over I, (B, N, D), and take each window's
+    L2 norm: F, (B, N - n + 1, D - d + 1), F[b, i, j] = || I[b, i:i+n, j:j+d] ||_2."""
     B, N, D = saliency.shape
     if not (1 <= n <= N and 1 <= d <= D):
         raise ValueError(f"window {n} x {d} does not fit a {N} x {D} saliency map")
@@ -65,10 +57,9 @@ def window_units(i: int, j: int, n: int, d: int) -> list[tuple[int, int]]:
 
 
 def _covering_max(framed: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """Eq. 3 read backwards, batched: for every unit (p, q), the largest key among the windows
-    (i, j) whose f(i, j) holds it, i.e. p - n < i <= p and q - d < j <= q. framed: one key per
-    window start, (B, N-n+1, D-d+1), inside n - 1 rows and d - 1 columns of -1 (no window) on
-    each side. Returns (B, N, D)."""
+    """Eq. 3 read backwards, batched: per unit (p, q), the largest key of the windows (i, j)
+    whose f(i, j) holds it (p - n < i <= p, q - d < j <= q). framed: a key per window start,
+    (B, N-n+1, D-d+1), inside n - 1 rows and d - 1 columns of -1 (no window). (B, N, D)."""
     best = framed.unfold(1, n, 1).amax(-1) if n > 1 else framed
     return best.unfold(2, d, 1).amax(-1) if d > 1 else best
 
@@ -77,66 +68,42 @@ def _covering_max(framed: torch.Tensor, n: int, d: int) -> torch.Tensor:
 # Section 4.1: the mask M (eq. 4)
 # ---------------------------------------------------------------------------------------------
 #
-# Why `patch_mask` needs no sort of the windows. Give every window a key that orders windows
-# as eq. 4 takes them (F first, then reading order), so that no two keys are equal. Let
-# best(u) be the largest key among the windows covering unit u. The union of the first k
-# windows is exactly {u : best(u) >= key_k}, so the unions of all prefixes are the level sets
-# of `best`, and the longest prefix whose union has at most `budget` units is {u : best(u) > t},
-# where t is the (budget + 1)-th largest value of `best` over the example's units (t = -1,
-# below every key, when the budget covers every unit). That is a sliding sum (F), a sliding
-# max (best) and one order statistic per example, all batched.
-#
-# Windows taller than an example. Rows >= L are padding, so the window that starts at row 0
-# and reaches past row L - 1, scored with those rows zeroed, has the F of the window cut to L
-# rows and covers the same valid units. Letting an example with L <= n keep exactly that one
-# window start per channel (and nothing else) handles the cut without splitting the batch.
-#
-# Each window shape gets the cheapest exact path: W's whole rows share one best per row (rank
-# the N rows), C's whole columns one best per column (rank the D columns), U's and G's units
-# are ranked one by one, by counting (a radix select) rather than by sorting.
+# Why `patch_mask` needs no sort of the windows. Key every window as eq. 4 orders them (F, then
+# reading order; no two equal), and let best(u) be the largest key of the windows covering u.
+# The union of the first k windows is {u : best(u) >= key_k}, so the longest prefix within
+# the budget is {u : best(u) > t}, t the (budget + 1)-th largest best of the example's units
+# (-1, below every key, if the budget covers them all): a sliding sum (F), a sliding max
+# (best), an order statistic per example. A window taller than its example (L <= n) keeps
+# the one start i = 0 per channel: scored with rows >= L zeroed, it is the window cut to L.
+# W ranks rows, C columns (their units share one best per line), U and G units, by counting.
 
 def unit_budget(lam: torch.Tensor, rows: torch.Tensor, D: int) -> torch.Tensor:
-    """Eq. 4's lam N D, rounded down: the most units M may hold, (B,) long.
-
-    lam: (B,); rows: (B,) the N of each example (mix.py passes L_A, A's own ordinary tokens).
-    float64 keeps floor() exact for products like 0.3 * 10 * 384 that float32 rounds to just
-    below an integer.
-    """
+    """Section 4.1, eq. 4's lam N D rounded down: the most units M may hold, (B,) long. lam:
+    (B,); rows: (B,) the N of each example (mix.py passes L_A, A's own ordinary tokens).
+    float64 keeps floor() exact where float32 rounds 0.3 * 10 * 384 just below 1152."""
     # |U_{(i,j) in K} f(i, j)| <= lam N D
     return torch.floor(lam.to(torch.float64) * (rows * D).to(torch.float64)).long()
 
 
-def _kth_largest_by_sorting(values: torch.Tensor, k: torch.Tensor,
-                            count: torch.Tensor | None = None, **_) -> torch.Tensor:
-    """Per row b, the (k[b] + 1)-th largest of values[b, :count[b]] (k is 0-based), or -1 when
-    k[b] >= count[b]. values: (B, K) integer keys >= -1, -1 meaning no key; k, count: (B,)
-    long (count default K). One batched sort: a GPU's path, and C's and W's few keys."""
+def _kth_largest_by_sorting(values: torch.Tensor, k: torch.Tensor, **_) -> torch.Tensor:
+    """Per row b, the (k[b] + 1)-th largest of values[b], (B, K) int keys >= -1 (-1: no key),
+    or -1 when k[b] >= K (k: (B,), 0-based). One sort: the GPU's path; C's and W's few keys."""
     K = values.shape[1]
-    count = torch.full_like(k, K) if count is None else count
-    ordered = values.masked_fill(torch.arange(K, device=values.device) >= count[:, None], -1)
-    ordered = ordered.sort(dim=1, descending=True).values                     # (B, K)
-    return ordered.gather(1, k.clamp(max=K - 1)[:, None]).squeeze(1).masked_fill(k >= count, -1)
+    ordered = values.sort(dim=1, descending=True).values                       # (B, K)
+    return ordered.gather(1, k.clamp(max=K - 1)[:, None]).squeeze(1).masked_fill(k >= K, -1)
 
 
-def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor,
-                             count: torch.Tensor | None = None, bits: int = 31,
+def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor, bits: int = 31,
                              prefix: int = 0) -> torch.Tensor:
     """`_kth_largest_by_sorting` by a radix select, for keys in [-1, (prefix + 1) * 2**bits)
-    whose answer is known to start with the digits `prefix` above its low `bits` bits.
-
-    One histogram per digit of at most 16 bits for all rows at once (index_add_ at a per-row
-    offset), then a search of each row's cumulative counts for the answer's digit. On this
-    CPU a batched sort of 32 x 98,304 keys costs ~10x the two rounds of U's 31-bit keys, and
-    kthvalue cannot take a rank per row (a loop over the rows was 2x and synced the host).
-    """
-    B, K = values.shape
-    dev = values.device
-    if count is not None:
-        values = values.masked_fill(torch.arange(K, device=dev) >= count[:, None], -1)
+    whose answer starts with the digits `prefix` above its low `bits` bits: per digit of at
+    most 16 bits, one histogram for all rows (index_add_ at a per-row offset), then a search
+    of each row's cumulative counts. Why: on a CPU a batched sort of 32 x 98,304 keys costs
+    ~10x two digits, and kthvalue takes no rank per row (a loop over rows synced the host)."""
+    (B, K), dev = values.shape, values.device
     below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
-    levels = -(-bits // 16)
-    ends = [bits * i // levels for i in range(levels + 1)]       # digit boundaries, top first
-    size = (1 << -(-bits // levels)) + 2                         # slots per row and histogram
+    levels = -(-bits // 16)                 # digits of at most 16 bits, boundaries top first
+    ends, size = [bits * i // levels for i in range(levels + 1)], (1 << -(-bits // levels)) + 2
     hist, slot = torch.empty(B * size, dtype=torch.int32, device=dev), torch.empty_like(values)
     offset = torch.arange(B, dtype=values.dtype, device=dev)[:, None] * size + 1  # (B, 1)
     ones = torch.ones((), dtype=torch.int32, device=dev).expand(B * K)
@@ -159,76 +126,57 @@ def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor,
 
 
 def _kth_largest(values: torch.Tensor, k: torch.Tensor, **digits) -> torch.Tensor:
-    """The order statistic of U and G: counting on a CPU; a GPU sorts the rows in one kernel
-    (its histograms would pile atomics onto the few slots most keys share)."""
-    if values.device.type == "cpu":
-        return _kth_largest_by_counting(values, k, **digits)
-    return _kth_largest_by_sorting(values, k)
-
-
-def _order_keys(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """int64 keys, one per window, that order windows as eq. 4 takes them: by F, and among equal
-    F the earlier in reading order first; -1 for a window that does not exist. The bits of a
-    non-negative float32, read as an integer, rise with it: they go above the window's place
-    in reading order, reversed. scores: F, (B, K) >= 0; valid: (B, K) bool."""
-    K = scores.shape[1]
-    bits = (scores.float() + 0.0).view(torch.int32).long()       # + 0.0 turns -0.0 into 0.0
-    keys = (bits << K.bit_length()) | (K - 1 - torch.arange(K, device=scores.device))
-    return keys.masked_fill(~valid, -1)                           # (B, K)
-
-
-def _sliding_max(x: torch.Tensor, size: int) -> torch.Tensor:
-    """1-D `_covering_max` along dim 1 of (B, K - size + 1) keys: (B, K)."""
-    return _covering_max(torch.nn.functional.pad(x, (size - 1, size - 1), value=-1)[:, :, None],
-                         size, 1)[:, :, 0]
+    """U's and G's order statistic: counting on a CPU; a GPU sorts the rows in one kernel (its
+    histograms would pile atomics onto the few slots most keys share)."""
+    cpu = values.device.type == "cpu"
+    return (_kth_largest_by_counting if cpu else _kth_largest_by_sorting)(values, k, **digits)
 
 
 def _valid_starts(lengths: torch.Tensor, n: int, num_starts: int) -> torch.Tensor:
-    """(B, num_starts) bool: window starts i whose window stays inside the example, i + n <= L;
-    an example with L <= n keeps the single start i = 0 (its window, cut to L)."""
+    """(B, num_starts) bool: starts i with i + n <= L, or the one start 0 if L <= n (cut)."""
     return torch.arange(num_starts, device=lengths.device) <= (lengths - n).clamp(min=0)[:, None]
 
 
 def _mask_lines(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
-    """Windows of whole rows (W: d = D) or whole columns (C: n = N, and every L <= N): all units
-    of a line share one best, so eq. 4 ranks the lines, floor(budget / units per line) + 1."""
+    """W's windows of whole rows (d = D) and C's of whole columns (n = N >= every L): the units
+    of a line share one best, so t is the (floor(budget / units per line) + 1)-th line."""
     B, N, D = saliency.shape
+    W, size = d == D, n if d == D else d                     # W ranks rows, C columns
     rows = torch.arange(N, device=saliency.device) < lengths[:, None]      # (B, N)
     I = saliency.masked_fill(~rows[:, :, None], 0.0)                        # (B, N, D)
-    if d == D:   # W: F of n whole rows, one window start per row
-        scores = _box_sum(I.square().sum(2), n, dim=1).sqrt()                # F: (B, N-n+1)
-        keys = _order_keys(scores, _valid_starts(lengths, n, N - n + 1))
-        best = _sliding_max(keys, n).masked_fill(~rows, -1)                 # (B, N)
-        t = _kth_largest_by_sorting(best, budget // D)                      # (B,)
-        return (best > t[:, None])[:, :, None].expand(B, N, D)              # (B, N, D)
-    scores = _box_sum(I.square().sum(1), d, dim=1).sqrt()                    # F: (B, D-d+1)
-    best = _sliding_max(_order_keys(scores, torch.ones_like(scores, dtype=torch.bool)), d)
-    t = _kth_largest_by_sorting(best, budget // lengths.clamp(min=1))        # (B,) of (B, D)
-    return (best > t[:, None])[:, None, :] & rows[:, :, None]               # (B, N, D)
+    # F = sqrt(sum of I^2 over the window), one window start per line
+    F = _box_sum(I.square().sum(2 if W else 1), size, dim=1).sqrt()          # (B, K)
+    K = F.shape[1]
+    valid = _valid_starts(lengths, n, K) if W else torch.ones_like(F, dtype=torch.bool)
+    # int64 key: F's bits (+ 0.0 turns -0.0 into 0.0) over the reading order reversed
+    rev = torch.arange(K - 1, -1, -1, device=F.device)                      # (K,)
+    keys = ((F + 0.0).view(torch.int32).long() << K.bit_length() | rev).masked_fill(~valid, -1)
+    framed = torch.nn.functional.pad(keys, (size - 1, size - 1), value=-1)[:, :, None]
+    best = _covering_max(framed, size, 1)[:, :, 0]                          # (B, lines)
+    best = best.masked_fill(~rows, -1) if W else best                       # rows >= L: none
+    t = _kth_largest_by_sorting(best, budget // (D if W else lengths.clamp(min=1)))
+    line = best > t[:, None]                                                # (B, lines)
+    return line[:, :, None].expand(B, N, D) if W else line[:, None, :] & rows[:, :, None]
 
 
 def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
-    """Windows of n < N rows and d < D channels, ranked unit by unit: U's and G's.
-
-    best(u)'s 48-bit key (F's bits, then reading order) is ranked in two rounds of 32-bit keys,
-    half the memory traffic of 64-bit ones: first hi(u), the best F covering u, whose
-    threshold t_hi sorts the windows into above, tied and below; then each window's class
-    above its reading order, which orders the units as the 48-bit key does around t_hi.
-    saliency: I, float32, rows >= L not zeroed (only a cut window reads them).
-    """
-    B, N, D = saliency.shape
-    dev = saliency.device
+    """U's and G's windows (n < N, d < D), ranked unit by unit. best(u)'s 48-bit key (F's bits,
+    then reading order) is ranked in two rounds of 32-bit keys, half the memory traffic of
+    64-bit ones: hi(u), the best F covering u, whose threshold t_hi sorts the windows into
+    above, tied and below; then each window's class over its reading order, which orders the
+    units as the 48-bit key does around t_hi. saliency: I, float32, rows >= L as given."""
+    (B, N, _), dev = saliency.shape, saliency.device
     F = window_activation(saliency, n, d)                               # (B, N-n+1, D-d+1)
     R, C = F.shape[1:]
     rows = torch.arange(N, device=dev) < lengths[:, None]               # (B, N)
     # a window taller than its example (L < n) is cut to L rows: its F again, rows >= L zeroed
     head = window_activation(saliency[:, :n].masked_fill(~rows[:, :n, None], 0.0), n, d)
     F[:, :1] = torch.where((lengths < n)[:, None, None], head, F[:, :1])   # (B, 1, D-d+1)
-    # F >= +0 (a norm), so its float32 bits, read as int32, rise with it; -1 is no window. The
-    # keys sit in a frame of -1 for _covering_max, and min() with a cap per row masks them in
-    # place: no padded copies, no masked_fill (4x slower).
+    # F >= +0 (a norm): its float32 bits, as int32, rise with it; -1 is no window. Keys sit in
+    # a frame of -1 for _covering_max; min() with a per-row cap masks in place (not 4x slower
+    # masked_fill, no padded copies).
     cap = lambda keep: torch.where(keep, 2**31 - 1, -1).to(torch.int32)[:, :, None]
     framed = F.view(torch.int32) if n == d == 1 else torch.full(
         (B, R + 2 * n - 2, C + 2 * d - 2), -1, dtype=torch.int32, device=dev)
@@ -244,8 +192,8 @@ def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
     bits.sub_(t_hi).clamp_(-1, 1).add_(1).bitwise_left_shift_(S).bitwise_or_(reading)
     best = _covering_max(framed, n, d)                                  # (B, N, D)
     torch.minimum(best, cap(rows), out=best)
-    # the (budget + 1)-th largest is a tied one (class 1); M is every unit above it
-    t = _kth_largest(best.view(B, -1), budget, bits=S, prefix=1)        # (B,)
+    t = _kth_largest(best.view(B, -1), budget, bits=S, prefix=1)        # (B,), a tied key
+    # eq. 4: M = U_{(i,j) in K} f(i, j) = {u : best(u) > t}, K the windows keyed above t
     return best > t[:, None, None]                                      # (B, N, D)
 
 
@@ -255,7 +203,7 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
     """Section 4.1, eq. 4: the mask M of the most salient n x d windows within a lam budget.
 
     saliency:    I, (B, N, D), >= 0, of the units that may be mixed: rows 0..L-1 of each
-                 example. Windows are scored in float32.
+                 example; windows are scored in float32.
     n, d:        window size; a window taller than an example (n > L) is cut to L rows.
     lam:         float or (B,) tensor in [0, 1].
     lengths:     (B,) number L of valid rows per example (default N). Rows >= L are padding:
@@ -272,6 +220,7 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
     lengths = (torch.full((B,), N) if lengths is None else lengths).to(device, torch.long)
     rows_counted = lengths if budget_rows is None else budget_rows.to(device, torch.long)
     lam = torch.as_tensor(lam, dtype=torch.float64, device=device).expand(B)
+    # eq. 4: at most lam N D units are replaced
     budget = unit_budget(lam, rows_counted, D)                              # (B,)
     n = min(n, N)  # taller than the padded batch: cut to it (rows >= L are padding anyway)
     if d < D and n < N:  # the path is chosen on python ints, never on the values
@@ -282,13 +231,10 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
 def literal_patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor,
                        lengths: torch.Tensor | None = None,
                        budget_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Section 4.1, eq. 3-4 as written, one example and one window at a time: the reading
-    anchor for `patch_mask` (same arguments, same M), slow.
-
-    Score every window of the example's L rows (a window taller than the example is cut to
-    L rows), sort the windows by F, descending (stable: ties stay in reading order), and add
-    whole windows to M until the next one would take the union past the budget.
-    """
+    """Section 4.1, eq. 3-4 as written, one example and one window at a time: the reading anchor
+    for `patch_mask` (same arguments, same M), slow. Score every window of the L rows (one
+    taller than L is cut to L rows), sort them by F, descending (stable: ties keep reading
+    order), and add whole windows to M until the next would take the union past the budget."""
     B, N, D = saliency.shape
     lengths = torch.full((B,), N) if lengths is None else lengths.cpu()
     budget = unit_budget(torch.as_tensor(lam, dtype=torch.float64).expand(B).cpu(),
@@ -327,16 +273,13 @@ def window_shape(variant: str, num_tokens: int, dim: int, *, n: int | None = Non
                  d: int | None = None, n_range: tuple[int, int] = N_RANGE,
                  generator: torch.Generator | None = None) -> tuple[int, int]:
     """Section 4.2: the window n x d of each DropMix variant, for a batch of N = num_tokens
-    rows and D = dim channels.
-
+    rows and D = dim channels:
         U (unit)     1 x 1
         C (channel)  L x 1   one channel over all of the example's tokens (n = N, cut to L)
         W (word)     n x D   n whole words, n drawn per batch from n_range
         G (general)  n x d   n drawn per batch from n_range, d = 1 (fine-grained patches,
                              section 5.6); the paper's d in {1, D} stays reachable through `d`
-
-    `n` fixes W's or G's height instead of drawing it (as section 5.6 does with n = 2).
-    """
+    `n` fixes W's or G's height instead of drawing it (as section 5.6 does with n = 2)."""
     if variant not in WINDOWS:
         raise ValueError(f"unknown DropMix variant {variant!r}; choose one of {', '.join(WINDOWS)}")
     height, width = WINDOWS[variant]
