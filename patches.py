@@ -97,12 +97,13 @@ def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor, bits: int = 
                              prefix: int = 0) -> torch.Tensor:
     """`_kth_largest_by_sorting` by a radix select, for keys in [-1, (prefix + 1) * 2**bits)
     whose answer starts with the digits `prefix` above its low `bits` bits: per digit of at
-    most 16 bits, one histogram for all rows (index_add_ at a per-row offset), then a search
+    most 17 bits, one histogram for all rows (index_add_ at a per-row offset), then a search
     of each row's cumulative counts. Why: on a CPU a batched sort of 32 x 98,304 keys costs
     ~10x two digits, and kthvalue takes no rank per row (a loop over rows synced the host)."""
     (B, K), dev = values.shape, values.device
     below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
-    levels = -(-bits // 16)                 # digits of at most 16 bits, boundaries top first
+    # digits of at most 17 bits, top first; narrower where a row has fewer keys than slots
+    levels = -(-bits // max(8, min(17, K.bit_length())))
     ends, size = [bits * i // levels for i in range(levels + 1)], (1 << -(-bits // levels)) + 2
     hist, slot = torch.empty(B * size, dtype=torch.int32, device=dev), torch.empty_like(values)
     offset = torch.arange(B, dtype=values.dtype, device=dev)[:, None] * size + 1  # (B, 1)
