@@ -21,6 +21,7 @@ so a drift of the machine's speed does not favour whichever ran first. Columns:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import statistics
 import subprocess
@@ -225,13 +226,15 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
                   shapes=MASK_SHAPES) -> str:
     """patch_mask of `before` and of patches.py in this process, on the same batches: each
     variant's two versions take turns for `rounds` rounds (a drift of the machine's speed
-    favours neither) and keep their median; "same M" checks the masks bit for bit."""
+    favours neither) and keep their median, of wall time and of this process's CPU time (all
+    its threads; less swayed by other processes on a loaded machine); "same M" checks the
+    masks bit for bit."""
     torch.manual_seed(0)
     out = [f"patch_mask, {label} against this tree, on {torch.get_num_threads()} CPU threads, "
-           f"torch {torch.__version__}; ms per batch (median of {rounds} interleaved rounds; "
-           "W and G: mean over n = 2, 5, ..., 32)",
-           f"| shape (B, N, D) | variant | {label} ms | now ms | speed-up | same M |",
-           "|---|---|---|---|---|---|"]
+           f"torch {torch.__version__}; ms per batch, median of {rounds} interleaved rounds "
+           "(W and G: mean over n = 2, 5, ..., 32)",
+           f"| shape (B, N, D) | variant | {label} ms | now ms | speed-up | {label} CPU ms "
+           "| now CPU ms | CPU speed-up | same M |", "|---|---|---|---|---|---|---|---|---|"]
     for B, N, D in shapes:
         I, lam, lengths = mask_inputs(B, N, D)
         for variant in patches.WINDOWS:
@@ -239,18 +242,21 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
             windows = [patches.window_shape(variant, N, D, n=h) for h in heights]
             same = all(torch.equal(before.patch_mask(I, n, d, lam, lengths),
                                    patches.patch_mask(I, n, d, lam, lengths)) for n, d in windows)
-            runs: dict[str, list[float]] = {"before": [], "now": []}
+            runs: dict[tuple, list[float]] = collections.defaultdict(list)
             for _ in range(rounds):
                 for name, module in (("before", before), ("now", patches)):
-                    times = []
-                    for n, d in windows:
-                        start = time.perf_counter()
-                        module.patch_mask(I, n, d, lam, lengths)
-                        times.append(time.perf_counter() - start)
-                    runs[name].append(statistics.mean(times))
-            old, new = (1000 * statistics.median(runs[k]) for k in ("before", "now"))
-            out.append(f"| {B}, {N}, {D} | {variant} | {old:.2f} | {new:.2f} | {old / new:.2f}x "
-                       f"| {'yes' if same else 'NO'} |")
+                    for clock in (time.perf_counter, time.process_time):
+                        start = clock()
+                        for n, d in windows:
+                            module.patch_mask(I, n, d, lam, lengths)
+                        runs[name, clock].append((clock() - start) / len(windows))
+            ms = {key: 1000 * statistics.median(values) for key, values in runs.items()}
+            cells = []
+            for clock in (time.perf_counter, time.process_time):
+                old, new = ms["before", clock], ms["now", clock]
+                cells += [f"{old:.2f}", f"{new:.2f}", f"{old / new:.2f}x"]
+            out.append(f"| {B}, {N}, {D} | {variant} | " + " | ".join(cells)
+                       + f" | {'yes' if same else 'NO'} |")
     return "\n".join(out)
 
 
