@@ -46,7 +46,7 @@ def window_activation(saliency: torch.Tensor, n: int, d: int) -> torch.Tensor:
     energy = _box_sum(energy, n, dim=1)                          # (B, N-n+1, D)
     energy = energy.sum(2, keepdim=True) if d == D else _box_sum(energy, d, dim=2)
     # F = sqrt(sum of I^2 over the window), the "L2 norm as an activation function"
-    return energy.sqrt()                                         # (B, N-n+1, D-d+1)
+    return energy.sqrt_()                         # (B, N-n+1, D-d+1), in place: energy is new
 
 
 def window_units(i: int, j: int, n: int, d: int) -> list[tuple[int, int]]:
@@ -56,12 +56,12 @@ def window_units(i: int, j: int, n: int, d: int) -> list[tuple[int, int]]:
     return [(p, q) for p in range(i, i + n) for q in range(j, j + d)]
 
 
-def _covering_max(framed: torch.Tensor, n: int, d: int) -> torch.Tensor:
+def _covering_max(framed: torch.Tensor, n: int, d: int, out=None) -> torch.Tensor:
     """Eq. 3 read backwards, batched: per unit (p, q), the largest key of the windows (i, j)
     whose f(i, j) holds it (p - n < i <= p, q - d < j <= q). framed: a key per window start,
     (B, N-n+1, D-d+1), inside n - 1 rows and d - 1 columns of -1 (no window). (B, N, D)."""
-    best = framed.unfold(1, n, 1).amax(-1) if n > 1 else framed
-    return best.unfold(2, d, 1).amax(-1) if d > 1 else best
+    best = torch.amax(framed.unfold(1, n, 1), -1, out=None if d > 1 else out) if n > 1 else framed
+    return torch.amax(best.unfold(2, d, 1), -1, out=out) if d > 1 else best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,18 +94,20 @@ def _kth_largest_by_sorting(values: torch.Tensor, k: torch.Tensor, **_) -> torch
 
 
 def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor, bits: int = 31,
-                             prefix: int = 0) -> torch.Tensor:
+                             prefix: int = 0, slot: torch.Tensor | None = None) -> torch.Tensor:
     """`_kth_largest_by_sorting` by a radix select, for keys in [-1, (prefix + 1) * 2**bits)
     whose answer starts with the digits `prefix` above its low `bits` bits: per digit of at
     most 17 bits, one histogram for all rows (index_add_ at a per-row offset), then a search
-    of each row's cumulative counts. Why: on a CPU a batched sort of 32 x 98,304 keys costs
-    ~10x two digits, and kthvalue takes no rank per row (a loop over rows synced the host)."""
+    of each row's cumulative counts. Why: a CPU's batched sort of 32 x 98,304 keys costs ~10x
+    two digits; kthvalue takes no rank per row (a loop synced the host). slot: scratch like
+    values (new memory costs a page fault per 4 KiB, much of a loaded CPU's time)."""
     (B, K), dev = values.shape, values.device
     below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
     # digits of at most 17 bits, top first; narrower where a row has fewer keys than slots
     levels = -(-bits // max(8, min(17, K.bit_length())))
     ends, size = [bits * i // levels for i in range(levels + 1)], (1 << -(-bits // levels)) + 2
-    hist, slot = torch.empty(B * size, dtype=torch.int32, device=dev), torch.empty_like(values)
+    hist = torch.empty(B * size, dtype=torch.int32, device=dev)
+    slot = torch.empty_like(values) if slot is None else slot                   # (B, K)
     offset = torch.arange(B, dtype=values.dtype, device=dev)[:, None] * size + 1  # (B, 1)
     ones = torch.ones((), dtype=torch.int32, device=dev).expand(B * K)
     answer, found = torch.full((B, 1), prefix, dtype=values.dtype, device=dev), None
@@ -163,11 +165,10 @@ def _mask_lines(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
 
 def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
-    """U's and G's windows (n < N, d < D), ranked unit by unit. best(u)'s 48-bit key (F's bits,
-    then reading order) is ranked in two rounds of 32-bit keys, half the memory traffic of
-    64-bit ones: hi(u), the best F covering u, whose threshold t_hi sorts the windows into
-    above, tied and below; then each window's class over its reading order, which orders the
-    units as the 48-bit key does around t_hi. saliency: I, float32, rows >= L as given."""
+    """U's and G's windows (n < N, d < D), unit by unit. best(u)'s 48-bit key (F's bits, then
+    reading order) is ranked in two rounds of 32-bit keys (half the traffic of 64-bit ones):
+    hi(u), the best F covering u, whose threshold t_hi sorts windows into above, tied and
+    below; then each window's class over its reading order. saliency: I, float32, as given."""
     (B, N, _), dev = saliency.shape, saliency.device
     F = window_activation(saliency, n, d)                               # (B, N-n+1, D-d+1)
     R, C = F.shape[1:]
@@ -175,9 +176,8 @@ def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
     # a window taller than its example (L < n) is cut to L rows: its F again, rows >= L zeroed
     head = window_activation(saliency[:, :n].masked_fill(~rows[:, :n, None], 0.0), n, d)
     F[:, :1] = torch.where((lengths < n)[:, None, None], head, F[:, :1])   # (B, 1, D-d+1)
-    # F >= +0 (a norm): its float32 bits, as int32, rise with it; -1 is no window. Keys sit in
-    # a frame of -1 for _covering_max; min() with a per-row cap masks in place (not 4x slower
-    # masked_fill, no padded copies).
+    # F >= +0 (a norm): its float32 bits, as int32, rise with it; -1 is no window. Keys sit in a
+    # frame of -1 for _covering_max; min() with a per-row cap masks in place (masked_fill: 4x).
     cap = lambda keep: torch.where(keep, 2**31 - 1, -1).to(torch.int32)[:, :, None]
     framed = F.view(torch.int32) if n == d == 1 else torch.full(
         (B, R + 2 * n - 2, C + 2 * d - 2), -1, dtype=torch.int32, device=dev)
@@ -185,15 +185,16 @@ def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
     torch.minimum(F.view(torch.int32), cap(_valid_starts(lengths, n, R)), out=bits)
     hi = _covering_max(framed, n, d)                                    # (B, N, D)
     torch.minimum(hi, cap(rows), out=hi)                                # rows >= L rank nowhere
-    t_hi = _kth_largest(hi.view(B, -1), budget)[:, None, None]          # (B, 1, 1)
+    spare = torch.empty_like(hi).view(B, -1)             # both rounds' scratch, one allocation
+    t_hi = _kth_largest(hi.view(B, -1), budget, slot=spare)[:, None, None]   # (B, 1, 1)
     # each window's class, 2 above t_hi, 1 tied, 0 below, over its reading order reversed:
     # eq. 4 takes tied windows first come, first served. (U's hi is its bits; hi is done.)
     S = (R * C - 1).bit_length()
     reading = torch.arange(R * C - 1, -1, -1, dtype=torch.int32, device=dev).view(R, C)
     bits.sub_(t_hi).clamp_(-1, 1).add_(1).bitwise_left_shift_(S).bitwise_or_(reading)
-    best = _covering_max(framed, n, d)                                  # (B, N, D)
+    best = _covering_max(framed, n, d, out=hi)                          # (B, N, D), hi's memory
     torch.minimum(best, cap(rows), out=best)
-    t = _kth_largest(best.view(B, -1), budget, bits=S, prefix=1)        # (B,), a tied key
+    t = _kth_largest(best.view(B, -1), budget, bits=S, prefix=1, slot=spare)   # (B,), a tie
     # eq. 4: M = U_{(i,j) in K} f(i, j) = {u : best(u) > t}, K the windows keyed above t
     return best > t[:, None, None]                                      # (B, N, D)
 
@@ -221,7 +222,6 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
     lengths = (torch.full((B,), N) if lengths is None else lengths).to(device, torch.long)
     rows_counted = lengths if budget_rows is None else budget_rows.to(device, torch.long)
     lam = torch.as_tensor(lam, dtype=torch.float64, device=device).expand(B)
-    # eq. 4: at most lam N D units are replaced
     budget = unit_budget(lam, rows_counted, D)                              # (B,)
     n = min(n, N)  # taller than the padded batch: cut to it (rows >= L are padding anyway)
     if d < D and n < N:  # the path is chosen on python ints, never on the values

@@ -2120,3 +2120,10 @@ def test_a_cut_window_scores_the_same_on_its_rows_as_on_the_whole_map(n):
     whole = patches.window_activation(zeroed, n, 1)[:, :1]
     head = patches.window_activation(zeroed[:, :n], n, 1)
     assert torch.equal(whole.view(torch.int32), head.view(torch.int32))
+
+
+def test_mask_benchmark_times_two_versions_side_by_side():
+    lines = bench.compare_table(patches, "same", rounds=1, shapes=((3, 6, 8),)).splitlines()
+    assert lines[1].startswith("| shape (B, N, D) | variant | same ms | now ms | speed-up |")
+    assert [line.split(" | ")[1] for line in lines[3:]] == list(patches.WINDOWS)
+    assert all(line.endswith("| yes |") for line in lines[3:])
