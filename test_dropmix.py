@@ -83,7 +83,7 @@ def random_mask_case(rng: random.Random, ties: bool = False):
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct scores", "tied scores"])
-@pytest.mark.parametrize("order_statistic", ["selection (CPU)", "sorting (GPU)"])
+@pytest.mark.parametrize("order_statistic", ["counting (CPU)", "sorting (GPU)"])
 def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, ties, monkeypatch):
     if order_statistic.startswith("sorting"):  # the path a GPU takes, run here on the CPU
         monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
@@ -134,13 +134,14 @@ def test_tied_windows_are_taken_in_reading_order():
     assert M[0].nonzero().tolist() == [[0, 0], [1, 0]]
 
 
-def test_kth_largest_sorting_and_selection_agree():
+def test_kth_largest_sorting_and_counting_agree():
     g = torch.Generator().manual_seed(0)
     values = torch.randint(-1, 40, (7, 50), generator=g)                 # keys, with ties
     count = torch.randint(0, 51, (7,), generator=g)
     k = torch.randint(0, 55, (7,), generator=g)
-    by_sort = patches._kth_largest_by_sorting(values, k, count)
-    by_select = patches._kth_largest_by_selection(values, k, count)
+    values = values.masked_fill(torch.arange(50) >= count[:, None], -1)  # past count: no key
+    by_sort = patches._kth_largest_by_sorting(values, k)
+    by_select = patches._kth_largest_by_counting(values, k)
     assert torch.equal(by_sort, by_select)
     for b in range(7):
         kept = sorted(values[b, :count[b]].tolist(), reverse=True)
@@ -2653,3 +2654,120 @@ def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_c
         for rank, r in enumerate(ranks):
             torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
                                        msg=lambda m: f"rank {rank}, {name}: {m}")
+
+
+# --- new tests from the patches branch
+# =============================================================================================
+# patches.py: the batched mask without a loop over the examples or a host sync
+# =============================================================================================
+
+def many_mask_cases(rng: random.Random):
+    """Random batches for eq. 4 of every kind the batched mask handles apart: ties (a few
+    distinct values), all-zero maps and all-zero examples, L = 0, L <= n for every example (a
+    batch shorter than G's window) or some, lam 0 and 1, unequal lengths, budgets counted on
+    N > L rows, float32 and float64 maps, windows of every width and taller than N."""
+    B, N, D = rng.randint(1, 5), rng.randint(1, 10), rng.randint(1, 8)
+    n = rng.choice([1, 1, 2, 3, rng.randint(1, N), N, N + 2])
+    d = rng.choice([1, 1, 2, D, rng.randint(1, D)])
+    d = min(d, D)
+    short = rng.random() < 0.3                                   # every L <= n
+    lengths = torch.tensor([rng.randint(0, min(N, n) if short else N) for _ in range(B)])
+    if rng.random() < 0.3:
+        lengths[rng.randrange(B)] = 0
+    budget_rows = lengths + torch.tensor([rng.choice([0, 0, 0, 1, 4]) for _ in range(B)])
+    lam = torch.tensor([rng.choice([0.0, 1.0, 1e-3, 0.5, rng.random(), rng.random()])
+                        for _ in range(B)], dtype=torch.float64)
+    g = torch.Generator().manual_seed(rng.randrange(10**9))
+    kind = rng.choice(["distinct", "ties", "ties", "zero", "zero example"])
+    if kind == "distinct":
+        I = torch.rand(B, N, D, generator=g)
+    else:
+        I = torch.randint(0, 1 if kind == "zero" else rng.choice([2, 3]), (B, N, D),
+                          generator=g).float()
+        if kind == "zero example":
+            I[rng.randrange(B)] = 0.0
+    I = I.double() if rng.random() < 0.3 else I
+    return I, n, d, lam, lengths, budget_rows
+
+
+@pytest.mark.parametrize("order_statistic", ["counting", "sorting"])
+def test_batched_patch_mask_equals_the_literal_loop_on_many_cases(order_statistic, monkeypatch):
+    if order_statistic == "sorting":  # the GPU's order statistic, run here on the CPU
+        monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
+    rng = random.Random(7)
+    for case in range(400):
+        I, n, d, lam, lengths, budget_rows = many_mask_cases(rng)
+        expected = patches.literal_patch_mask(I, n, d, lam, lengths, budget_rows)
+        got = patches.patch_mask(I, n, d, lam, lengths, budget_rows)
+        assert torch.equal(got, expected), (case, I, n, d, lam, lengths, budget_rows)
+        default = patches.patch_mask(I, n, d, float(lam[0]))    # default lengths and budget
+        assert torch.equal(default, patches.literal_patch_mask(I, n, d, float(lam[0])))
+
+
+def test_patch_mask_makes_no_host_sync(monkeypatch):
+    # Every way a CPU tensor hands a value to python raises while patch_mask runs; on a GPU
+    # each of them would wait for the device. (38096f3's mask fails here: .tolist() in its
+    # loop over the examples and bool() to choose its path.)
+    rng = random.Random(3)
+    cases = [many_mask_cases(rng) for _ in range(40)]
+    cases += [(torch.rand(4, 12, 16), n, d, torch.tensor([0.0, 0.3, 1.0, 0.7]),
+               torch.tensor([12, 5, 0, 3]), torch.tensor([12, 6, 0, 3]))
+              for n, d in [(1, 1), (12, 1), (4, 16), (4, 1), (20, 1), (2, 3)]]
+    expected = [patches.literal_patch_mask(*case) for case in cases]
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("patch_mask passed a tensor's value to python (a host sync)")
+    for name in ["item", "tolist", "numpy", "__bool__", "__int__", "__index__", "__float__"]:
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    got = [patches.patch_mask(*case) for case in cases]
+    monkeypatch.undo()
+    for case, g, e in zip(cases, got, expected):
+        assert torch.equal(g, e), case
+
+
+def test_kth_largest_by_counting_equals_sorting_on_31_bit_keys():
+    # the radix select against the sort: full 31-bit keys, the extremes 2**31 - 1 and -1 (no
+    # key), heavy ties, ranks past the row, and keys whose top digits (`prefix`) are known
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        B, K = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 400, (1,), generator=g))
+        bits = [31, 31, 17, 16, 5, 1][trial % 6]
+        top = (1 << bits) - 1
+        base = torch.randint(0, top + 1, (B, 1), generator=g)
+        spread = [top + 1, 4, 1][trial % 3]
+        values = (base + torch.randint(-2, 2, (B, K), generator=g) * spread // 4).clamp(-1, top)
+        values[:, :3] = torch.tensor([top, -1, 0])[: min(3, K)]
+        values = values.to(torch.int32 if trial % 2 else torch.int64)
+        k = torch.randint(0, K + 3, (B,), generator=g)
+        assert torch.equal(patches._kth_largest_by_counting(values, k, bits=bits),
+                           patches._kth_largest_by_sorting(values, k).to(values.dtype)), trial
+        # a known top digit: keys of class 0, 1, 2 over `bits` bits, the answer in class 1
+        cls = torch.randint(0, 3, (B, K), generator=g)
+        keyed = (cls << bits) | values.clamp(min=0).long()
+        k = ((cls == 2).sum(1) + torch.randint(0, K, (B,), generator=g) % (cls == 1).sum(1).clamp(min=1))
+        inside = (cls == 1).any(1)
+        by_sort = patches._kth_largest_by_sorting(keyed, k)
+        by_count = patches._kth_largest_by_counting(keyed, k, bits=bits, prefix=1)
+        assert torch.equal(by_count[inside], by_sort[inside]), trial
+
+
+@pytest.mark.parametrize("n", [2, 5, 17, 31])
+def test_a_cut_window_scores_the_same_on_its_rows_as_on_the_whole_map(n):
+    # patch_mask scores the window of an example shorter than n on its first n rows alone;
+    # its F must be the bits the whole zeroed map gives (the mask is bit-identical to scoring
+    # the zeroed map, as the path before it did)
+    g = torch.Generator().manual_seed(n)
+    I = torch.rand(8, 64, 96, generator=g) * torch.rand(8, 64, 1, generator=g) ** 4
+    lengths = torch.randint(0, n, (8,), generator=g)
+    rows = torch.arange(64) < lengths[:, None]
+    zeroed = I.masked_fill(~rows[:, :, None], 0.0)
+    whole = patches.window_activation(zeroed, n, 1)[:, :1]
+    head = patches.window_activation(zeroed[:, :n], n, 1)
+    assert torch.equal(whole.view(torch.int32), head.view(torch.int32))
+
+
+def test_mask_benchmark_times_two_versions_side_by_side():
+    lines = bench.compare_table(patches, "same", rounds=1, shapes=((3, 6, 8),)).splitlines()
+    assert lines[1].startswith("| shape (B, N, D) | variant | same ms | now ms | speed-up |")
+    assert [line.split(" | ")[1] for line in lines[3:]] == list(patches.WINDOWS)
+    assert all(line.endswith("| yes |") for line in lines[3:])

@@ -3,6 +3,7 @@
     python results/bench.py --task trec --steps 30                    # the encoder you train with
     python results/bench.py --task trec --steps 30 --shape bert-base  # the paper's shape, random weights
     python results/bench.py --mask                                    # patch_mask against eq. 4's loop
+    python results/bench.py --mask --against 38096f3                  # patch_mask against an older one
 
 The step table times training steps (forward, backward, clipping, AdamW) of every variant on the
 same batches in one process; the variants take turns in three rounds and each keeps its median,
@@ -20,10 +21,13 @@ so a drift of the machine's speed does not favour whichever ran first. Columns:
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import statistics
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -206,10 +210,75 @@ def mask_table(repeats: int = 20) -> str:
     return "\n".join(out)
 
 
+MASK_SHAPES = ((32, 32, 384), (32, 128, 768))
+
+
+def mask_inputs(B: int, N: int, D: int):
+    """The mask benchmark's batch: I ~ U[0, 1), L ~ U{2..N}, lam ~ Beta(0.25, 0.25)."""
+    return (torch.rand(B, N, D), torch.distributions.Beta(0.25, 0.25).sample((B,)),
+            torch.randint(2, N + 1, (B,)))
+
+
+def previous_patches(rev: str) -> types.ModuleType:
+    """patches.py as git revision `rev` of this repository had it, loaded as its own module."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["git", "show", f"{rev}:patches.py"], cwd=root, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise train.UsageError(f"cannot read patches.py at {rev!r}: {done.stderr.strip()}")
+    module = types.ModuleType(f"patches_at_{rev}")
+    exec(compile(done.stdout, f"{rev}:patches.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
+                  shapes=MASK_SHAPES) -> str:
+    """patch_mask of `before` and of patches.py in this process, on the same batches: each
+    variant's two versions take turns for `rounds` rounds (a drift of the machine's speed
+    favours neither) and keep their median, of wall time and of this process's CPU time (all
+    its threads; less swayed by other processes on a loaded machine); "same M" checks the
+    masks bit for bit."""
+    torch.manual_seed(0)
+    out = [f"patch_mask, {label} against this tree, on {torch.get_num_threads()} CPU threads, "
+           f"torch {torch.__version__}; ms per batch, median of {rounds} interleaved rounds "
+           "(W and G: mean over n = 2, 5, ..., 32)",
+           f"| shape (B, N, D) | variant | {label} ms | now ms | speed-up | {label} CPU ms "
+           "| now CPU ms | CPU speed-up | same M |", "|---|---|---|---|---|---|---|---|---|"]
+    for B, N, D in shapes:
+        I, lam, lengths = mask_inputs(B, N, D)
+        for variant in patches.WINDOWS:
+            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
+            windows = [patches.window_shape(variant, N, D, n=h) for h in heights]
+            same = all(torch.equal(before.patch_mask(I, n, d, lam, lengths),
+                                   patches.patch_mask(I, n, d, lam, lengths)) for n, d in windows)
+            runs: dict[tuple, list[float]] = collections.defaultdict(list)
+            for _ in range(rounds):
+                for name, module in (("before", before), ("now", patches)):
+                    for clock in (time.perf_counter, time.process_time):
+                        start = clock()
+                        for n, d in windows:
+                            module.patch_mask(I, n, d, lam, lengths)
+                        runs[name, clock].append((clock() - start) / len(windows))
+            ms = {key: 1000 * statistics.median(values) for key, values in runs.items()}
+            cells = []
+            for clock in (time.perf_counter, time.process_time):
+                old, new = ms["before", clock], ms["now", clock]
+                cells += [f"{old:.2f}", f"{new:.2f}", f"{old / new:.2f}x"]
+            out.append(f"| {B}, {N}, {D} | {variant} | " + " | ".join(cells)
+                       + f" | {'yes' if same else 'NO'} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = train.Parser(description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mask", action="store_true", help="time patch_mask alone, no model")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="with --mask: time patches.py of git revision REV beside this one")
+    p.add_argument("--rounds", type=train.positive_int, default=7,
+                   help="with --against: interleaved rounds, each version keeps its median")
+    p.add_argument("--threads", type=train.positive_int, default=None,
+                   help="torch CPU threads (default torch's)")
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
     p.add_argument("--steps", type=positive_int, default=30,
                    help="timed steps per variant, over three rounds")
@@ -225,6 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mask and args.against:
+        try:
+            print(compare_table(previous_patches(args.against), args.against, args.rounds))
+        except train.UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.mask:
         print(mask_table())
         return 0
