@@ -1298,6 +1298,7 @@ predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 
 if procs.main:
     torch.save({"steps": steps, "predictions": predictions}, out)
 if procs.world > 1:
+    del model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
     torch.distributed.destroy_process_group()
 """
 
@@ -2581,6 +2582,7 @@ TRAINER_DDP_PROBE = """
 import json, os, sys
 from pathlib import Path
 import torch
+import torch.distributed.nn.functional  # before the group exists: see train.py's imports
 here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 texts = json.loads(sys.argv[5])
 sys.path.insert(0, here)
@@ -2618,6 +2620,7 @@ trainer = namespace["DropMixTrainer"](
 trainer.train()
 wrapped = type(trainer.model_wrapped).__name__
 torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
+del trainer, model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
 torch.distributed.destroy_process_group()
 """
 

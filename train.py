@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+# Before any process group exists: this module binds group.WORLD as a default argument, and
+# transformers imports it inside from_pretrained; imported after init it kept the gloo group, and
+# its threads, alive into interpreter teardown: SIGABRT at exit (cf. pytorch/pytorch#65231).
+import torch.distributed.nn.functional  # noqa: F401
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -153,8 +157,7 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
         # eq. 6: L_mixed = mean over the batch of (1 - r) CE(logits, Y_A) + r CE(logits, Y_B)
         loss_mixed = mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)
         (loss_mixed * (loss_scale / 2)).backward()
-    # r = 0: the example took nothing from its partner (DropMix: a budget floor(lam L_A D)
-    # smaller than the top window, or an empty V)
+    # r = 0: nothing taken from the partner (a budget floor(lam L_A D) below the top window)
     return Counter(loss=(loss_clean.item() + loss_mixed.item()) / 2, label_weight=r.mean().item(),
                    mixed_batches=1, mixed_examples=len(r), empty_mixes=int((r == 0).sum()),
                    unmixed=unmixed)
@@ -171,9 +174,8 @@ class Diverged(Exception):
 def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoader, epoch: int,
                 progress: bool = False) -> dict:
     """One pass over the loader, a step per config.grad_accum batches; the epoch's record."""
-    K, batches = config.grad_accum, len(loader)
+    K, batches, device = config.grad_accum, len(loader), next(model.parameters()).device
     started, totals = time.perf_counter(), Counter()
-    device = next(model.parameters()).device
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress, dynamic_ncols=True)
     for i, batch in enumerate(bar):
@@ -207,8 +209,7 @@ def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoad
 def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
               resume: bool = False, overwrite: bool = False, save_model: bool = True,
               progress: bool = True, stop_after: int | None = None) -> dict | None:
-    """Train one seed; returns (and writes to out/results.json) the results, or None when
-    `stop_after` ended the invocation early (the checkpoint stays for --resume)."""
+    """One seed's run: its results (also in out/results.json), or None if stop_after ended it."""
     # rank 0 looks at the folder; every rank acts on what it found
     state = procs.gather(data.prepare_output_dir(out, resume, overwrite) if procs.main else None)[0]
     if state == "finished":
@@ -488,8 +489,8 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
     """The flags checked against the rules above (one sentence each); one RunConfig per seed."""
     for name, (test, wanted) in RULES.items():
         if (value := getattr(args, name)) is not None and not test(value):
-            shown = ",".join(map(str, value)) if isinstance(value, list) else value
-            raise UsageError(f"--{name.replace('_', '-')} must be {wanted}, got {shown}.")
+            raise UsageError(f"--{name.replace('_', '-')} must be {wanted}, got "
+                             f"{','.join(map(str, value)) if isinstance(value, list) else value}.")
     for name, readers in READ_BY.items():
         if getattr(args, name) is not None and args.variant not in readers:
             raise UsageError(f"--{name.replace('_', '-')} is read only by --variant "
@@ -537,8 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last finished epoch's checkpoint is kept (--resume)",
-              file=sys.stderr)
+        print("interrupted; the last epoch's checkpoint is kept (--resume)", file=sys.stderr)
         return 130
     finally:
         if dist.is_initialized():

@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask", action="store_true", help="time patch_mask alone, no model")
     p.add_argument("--against", metavar="REV", default=None,
                    help="with --mask: time patches.py of git revision REV beside this one")
-    p.add_argument("--rounds", type=train.positive_int, default=7,
+    p.add_argument("--rounds", type=positive_int, default=7,
                    help="with --against: interleaved rounds, each version keeps its median")
-    p.add_argument("--threads", type=train.positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default torch's)")
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
     p.add_argument("--steps", type=positive_int, default=30,
