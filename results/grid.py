@@ -151,19 +151,22 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
         if curve.exists():
             link = os.path.relpath(curve, readme.resolve().parent)
             block.append(f"![Test accuracy against the share of the training set]({link})")
-    block.append("**C and G minus dropout on each task's full training set**\n\n" + cross)
+    block.append("**C and G minus dropout on each task's full training set**\n\n" + cross.strip())
     longer = (f"**The longer schedule: C and G at {LONG_EPOCHS} epochs against dropout at "
               f"{EPOCHS[1.0]} (the paper's protocol) and at {LONG_EPOCHS} (the fair comparison)"
-              "**, mean minus mean and seed by seed, in points\n\n" + schedule)
+              "**, mean minus mean and seed by seed, in points\n\n" + schedule.strip())
     if schedule.count("\n") > 2:
         block.append(longer)
         if figure.exists():
             block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]"
                          f"({figure.name})")
     first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
-    main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross]
+    main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross.strip()]
     if schedule.count("\n") > 2:
         main_block.append(longer)
+        if figure.exists():
+            link = os.path.relpath(figure, main_readme.resolve().parent)
+            main_block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]({link})")
     return (replace_block(readme, "\n\n".join(block))
             or replace_block(main_readme, "\n\n".join(main_block)))
 

@@ -333,29 +333,33 @@ def plot_curve(lines: dict[tuple, list], path: Path) -> str:
 
 def cross_task_table(folders: list[Path]) -> str:
     """DropMix-C and -G minus dropout on each task's full training set (mean over the seeds
-    both ran with, and the seed spread of that setting's table), then the mean over tasks."""
+    both ran with, and the seed spread of that setting's table), then the mean over tasks of
+    each setting (epochs, encoder) that two or more tasks ran: a task's gap counts once in a mean."""
     out = ["| task | C - dropout | G - dropout | seeds | spread over seeds |", "|---|---|---|---|---|"]
-    means: dict[str, list[float]] = {"C": [], "G": []}
+    means: dict[str, dict[str, list[float]]] = {}  # setting -> variant -> the tasks' gaps
     for folder in folders:
         for (task, model, fraction, epochs), cells in sorted(collect_results(folder).items()):
             shown = {variant: cell for variant, (_, cell) in main_cells(cells).items()}
             if fraction != 1.0 or "dropout" not in shown:
                 continue
+            label = f"{epochs} epochs" + ("" if model == data.DEFAULT_MODEL else f", {Path(model).name}")
             row, seeds = [], set()
             for variant in ("C", "G"):
                 gap = gap_to_dropout(shown[variant], shown["dropout"]) if variant in shown else None
                 row.append(signed(gap[0]) if gap else "–")
                 if gap:
-                    means[variant].append(gap[0])
+                    means.setdefault(label, {"C": [], "G": []})[variant].append(gap[0])
                     seeds |= set(gap[1])
             in_table = [shown[v] for v in ("dropout", "C", "G") if v in shown]
             by_seed = [statistics.mean(c.by_seed()[s] for c in in_table)
                        for s in shared_seeds(in_table)]
             spread = f"{max(by_seed) - min(by_seed):.2f}" if len(by_seed) > 1 else "–"
-            label = f"{epochs} epochs" + ("" if model == data.DEFAULT_MODEL else f", {Path(model).name}")
             out.append(f"| {task} ({label}) | {row[0]} | {row[1]} | {len(seeds)} | {spread} |")
-    mean = [signed(statistics.mean(means[v])) if means[v] else "–" for v in ("C", "G")]
-    out.append(f"| mean over tasks | {mean[0]} | {mean[1]} | | |")
+    for label, gaps in means.items():
+        if max(len(gaps["C"]), len(gaps["G"])) < 2:
+            continue
+        cells = [signed(statistics.mean(gaps[v])) if len(gaps[v]) > 1 else "–" for v in ("C", "G")]
+        out.append(f"| mean over tasks ({label}) | {cells[0]} | {cells[1]} | | |")
     return "\n".join(out) + "\n"
 
 
