@@ -173,43 +173,6 @@ def format_steps(rows: list[dict], header: str) -> str:
     return "\n".join(out)
 
 
-def seconds(fn, repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
-
-
-def mask_table(repeats: int = 20) -> str:
-    """patch_mask per window shape on a CPU, and the literal eq. 4 on one example."""
-    torch.manual_seed(0)
-    out = [f"patch_mask on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
-           "ms per batch, mean over n = 2, 5, ..., 32 for W and G",
-           "| shape (B, N, D) | U | C | W | G | G / C | literal loop (one example, U) | speed-up |",
-           "|---|---|---|---|---|---|---|---|"]
-    for B, N, D in ((32, 32, 384), (32, 128, 768)):
-        I = torch.rand(B, N, D)
-        lengths = torch.randint(2, N + 1, (B,))
-        lam = torch.distributions.Beta(0.25, 0.25).sample((B,))
-        times = {}
-        for variant in patches.WINDOWS:
-            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
-            shapes = [patches.window_shape(variant, N, D, n=h) for h in heights]
-            times[variant] = statistics.mean(
-                seconds(lambda: patches.patch_mask(I, n, d, lam, lengths), repeats) for n, d in shapes)
-        ms = {v: f"{1000 * t:.2f}" for v, t in times.items()}
-        literal = "– | –"
-        if N <= 32:  # the literal loop on one example of the batch, against patch_mask on it
-            one = (I[:1], 1, 1, lam[:1], lengths[:1])
-            slow = seconds(lambda: patches.literal_patch_mask(*one), 2)
-            fast = seconds(lambda: patches.patch_mask(*one), repeats)
-            literal = f"{1000 * slow:.0f} ms | {slow / fast:.0f}x"
-        out.append(f"| {B}, {N}, {D} | {ms['U']} | {ms['C']} | {ms['W']} | {ms['G']} "
-                   f"| {times['G'] / times['C']:.2f} | {literal} |")
-    return "\n".join(out)
-
-
 MASK_SHAPES = ((32, 32, 384), (32, 128, 768))
 
 
@@ -217,6 +180,44 @@ def mask_inputs(B: int, N: int, D: int):
     """The mask benchmark's batch: I ~ U[0, 1), L ~ U{2..N}, lam ~ Beta(0.25, 0.25)."""
     return (torch.rand(B, N, D), torch.distributions.Beta(0.25, 0.25).sample((B,)),
             torch.randint(2, N + 1, (B,)))
+
+
+def seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    fn()
+    start = now(device)
+    for _ in range(repeats):
+        fn()
+    return (now(device) - start) / repeats
+
+
+def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu")) -> str:
+    """patch_mask per window shape on a CPU or a GPU, and the literal eq. 4 on one example."""
+    torch.manual_seed(0)
+    where = (f"{torch.get_num_threads()} CPU threads" if device.type == "cpu"
+             else torch.cuda.get_device_name(device))
+    out = [f"patch_mask on {where}, torch {torch.__version__}; "
+           "ms per batch, mean over n = 2, 5, ..., 32 for W and G",
+           "| shape (B, N, D) | U | C | W | G | G / C | literal loop (one example, U) | speed-up |",
+           "|---|---|---|---|---|---|---|---|"]
+    for B, N, D in MASK_SHAPES:
+        I, lam, lengths = (t.to(device) for t in mask_inputs(B, N, D))
+        times = {}
+        for variant in patches.WINDOWS:
+            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
+            shapes = [patches.window_shape(variant, N, D, n=h) for h in heights]
+            times[variant] = statistics.mean(
+                seconds(lambda: patches.patch_mask(I, n, d, lam, lengths), repeats, device)
+                for n, d in shapes)
+        ms = {v: f"{1000 * t:.2f}" for v, t in times.items()}
+        literal = "– | –"
+        if N <= 32 and device.type == "cpu":  # the literal loop on one example, against patch_mask
+            one = (I[:1], 1, 1, lam[:1], lengths[:1])
+            slow = seconds(lambda: patches.literal_patch_mask(*one), 2)
+            fast = seconds(lambda: patches.patch_mask(*one), repeats)
+            literal = f"{1000 * slow:.0f} ms | {slow / fast:.0f}x"
+        out.append(f"| {B}, {N}, {D} | {ms['U']} | {ms['C']} | {ms['W']} | {ms['G']} "
+                   f"| {times['G'] / times['C']:.2f} | {literal} |")
+    return "\n".join(out)
 
 
 def previous_patches(rev: str) -> types.ModuleType:
@@ -304,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.mask:
-        print(mask_table())
+        try:
+            device = train.parse_device(args.device)
+        except train.UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(mask_table(device=device))
         return 0
     try:
         rows = run_steps(args)

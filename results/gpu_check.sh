@@ -10,7 +10,9 @@
 #                       that stops, resumes, saves and reloads through pipeline()
 #   2. bench.md         results/bench.py at bert-base's shape (batch 32, every batch padded to
 #                       128 tokens), every variant, fp32 and bf16
-#   3. train-*.json     two epochs of all of TREC through train.py at bert-base's shape (random
+#   3. mask.md          results/bench.py --mask on the GPU: patch_mask alone for every
+#                       variant at (32, 32, 384) and bert-base's (32, 128, 768)
+#   4. train-*.json     two epochs of all of TREC through train.py at bert-base's shape (random
 #                       weights, so the accuracy means nothing; the loss and s/step do): dropout
 #                       and G, and G under torchrun (one process, NCCL)
 #   gpu_check.log       everything printed, with each step's exit status and seconds
@@ -47,6 +49,8 @@ step tests 240 python3 -m pytest -q -rs test_dropmix.py -k cuda -p no:cacheprovi
     --junitxml="$out/tests.xml"
 step bench 300 sh -c "python3 results/bench.py --task trec --steps 30 --shape bert-base \
     --model '$tokenizer' --device cuda > '$out/bench.md'; rc=\$?; cat '$out/bench.md'; exit \$rc"
+step mask 120 sh -c "python3 results/bench.py --mask --device cuda > '$out/mask.md'; rc=\$?; \
+    cat '$out/mask.md'; exit \$rc"
 
 # bert-base's shape with random weights, saved where train.py can load it like any checkpoint
 model=$(mktemp -d)/bert-base-random
