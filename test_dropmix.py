@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -39,11 +40,190 @@ import bench  # noqa: E402
 import figures  # noqa: E402
 import grid  # noqa: E402
 import summary  # noqa: E402
+import mask_overlap  # noqa: E402
+import mpnet  # noqa: E402
 
 DATA = Path(os.environ.get("DROPMIX_DATA") or HERE.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"benchmark data not found at {DATA}")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here; results/gpu_check.sh runs these on one")
+
+
+# =============================================================================================
+# 1. Shared builders: the tiny models and tokenizers, and the helpers every section uses
+# =============================================================================================
+# One builder per tokenizer (write_tokenizer) and per tiny model (write_tiny_encoder); the
+# fixtures below build each model folder once per session. Nothing here is downloaded.
+
+TINY_WORDS = ("what how who where when which why is are was the a of in to and for name does "
+              "did many much city country called first world year origin mean river state "
+              "president").split()
+TINY_VOCAB = ["?", ",", "'", ".", *TINY_WORDS]  # after the specials: the tiny models' words
+
+
+def write_tokenizer(folder: Path, family: str = "bert", words=TINY_VOCAB):
+    """A tokenizer of `words`, saved in `folder` and loaded back from it. WordPiece with [CLS]
+    and [SEP] (BERT, DistilBERT, ALBERT, ELECTRA); MPNet's WordPiece with RoBERTa's specials,
+    <s> a </s></s> b </s>; RoBERTa a byte-level BPE trained on the words, with no token types.
+    The WordPiece vocabulary is the five specials, then `words`, in this order."""
+    import transformers
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(words)] * 4, vocab_size=300, show_progress=False,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(folder))
+        return transformers.RobertaTokenizerFast.from_pretrained(str(folder))
+    if family == "mpnet":
+        specials, kind = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"], transformers.MPNetTokenizerFast
+    else:
+        specials, kind = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], transformers.BertTokenizerFast
+    (folder / "vocab.txt").write_text("\n".join([*specials, *words]) + "\n")
+    # transformers 5 ignores BertTokenizerFast(vocab_file=...): load the folder instead
+    return kind.from_pretrained(str(folder))
+
+
+LAYERS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "intermediate_size": 64}
+# family: (its config class, 2 layers 32 wide in its own field names, its dropout fields)
+ENCODER_FAMILIES = {
+    "bert": ("BertConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob")),
+    "roberta": ("RobertaConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                                          "classifier_dropout")),
+    "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+                   ("dropout", "attention_dropout", "seq_classif_dropout")),
+    "albert": ("AlbertConfig", {**LAYERS, "embedding_size": 16},
+               ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob")),
+    "electra": ("ElectraConfig", {**LAYERS, "embedding_size": 16},
+                ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")),
+    "mpnet": ("MPNetConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob")),
+}
+FAMILIES = tuple(ENCODER_FAMILIES)
+
+
+def write_tiny_encoder(folder: Path, family: str = "bert", num_labels: int | None = None,
+                       dropout: float | None = None) -> Path:
+    """A 2-layer, 32-wide random encoder of `family` with write_tokenizer's tokenizer of
+    TINY_VOCAB, saved like a pretrained checkpoint: no classifier head unless num_labels is
+    given; every dropout field of its config at `dropout` if given, else at its default."""
+    import transformers
+    tokenizer = write_tokenizer(folder, family)
+    config_class, shape, dropout_fields = ENCODER_FAMILIES[family]
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        # RoBERTa and MPNet count positions after the padding index: 130 hold 128 tokens
+        max_position_embeddings=130 if family in ("roberta", "mpnet") else 128, **shape,
+        **({} if dropout is None else dict.fromkeys(dropout_fields, dropout)),
+        **({} if num_labels is None else {"num_labels": num_labels}))
+    torch.manual_seed(0)
+    auto = transformers.AutoModel if num_labels is None else transformers.AutoModelForSequenceClassification
+    auto.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny BERT encoder without a head, as train.py's --model takes a pretrained one."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_folder(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of 3 classes, saved."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-classifier"), num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_classifier_folder):
+    """(model, tokenizer) of the 3-class tiny classifier, loaded once: tests that change its
+    mode or gradients put them back."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    return (AutoModelForSequenceClassification.from_pretrained(tiny_classifier_folder),
+            AutoTokenizer.from_pretrained(tiny_classifier_folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_two_class_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of 2 classes, saved like train.py saves a model."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-2-classes"), num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_trec_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of TREC's 6 classes, saved."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-6-classes"), num_labels=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory) -> Path:
+    """A tiny random MPNet (no token types, <s> a </s></s> b </s>), for all-mpnet-base-v2."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    """A WordPiece tokenizer of 13 words whose ids the data tests spell out: [PAD] 0, [UNK] 1,
+    [CLS] 2, [SEP] 3, [MASK] 4, the 5, cat 6, sat 7, on 8, mat 9, a 10, dog 11, . 12."""
+    return write_tokenizer(tmp_path, words="the cat sat on mat a dog .".split())
+
+
+def tiny_batch(tokenizer, texts, labels):
+    """A batch as data.py's collate makes it: with special_tokens_mask and labels."""
+    enc = tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    return {**enc, "labels": torch.tensor(labels)}
+
+
+def dropout_probabilities(model) -> set:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def offline(*args, **kwargs):
+    """urllib.request.urlopen on a machine without a network."""
+    raise urllib.error.URLError("no network")
+
+
+def run_train(*argv) -> int:
+    return train.main([str(a) for a in argv])
+
+
+# 64 TREC questions (0.0118 of 5,452), one epoch, batches of 16, on the CPU
+TINY_RUN = ("--task", "trec", "--train-fraction", "0.0118", "--epochs", "1",
+            "--batch-size", "16", "--no-progress", "--device", "cpu")
+# 64 RTE pairs (0.026 of 2,490), the same way, 64 tokens at most
+TINY_PAIRS_RUN = ("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
+                  "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu")
+
+
+def tiny_run(model, out, *flags, run=TINY_RUN) -> int:
+    """train.py's exit status for `run` on the real data with `model`, into `out`."""
+    return run_train(*run, "--model", model, "--data-dir", DATA, "--output-dir", out, *flags)
+
+
+def results_of(out: Path, seed: int = 1) -> dict:
+    """The results.json train.py wrote for `seed` into its --output-dir `out`."""
+    return json.loads((out / f"seed-{seed}" / "results.json").read_text())
+
+
+class GradientRecorder:
+    """An optimizer that only keeps the gradients of each step it is asked to take, so the
+    weights stay put and every step is compared on the same model."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append({n: p.grad.clone() for n, p in train.unwrap(self.model).named_parameters()
+                           if p.grad is not None})
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+class NoSchedule:
+    def step(self):
+        pass
 
 
 # =============================================================================================
@@ -410,46 +590,6 @@ def test_ssmix_pairs_mix_segment_by_segment():
 # A tiny BERT, built here: saliency.py and the end-to-end runs
 # =============================================================================================
 
-TINY_WORDS = """what how who where when which why is are was the a of in to and for name does
-did many much city country called first world year origin mean river state president""".split()
-
-
-def write_tiny_bert(folder: Path, num_labels: int | None = None) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and a small vocabulary, saved like a
-    pretrained checkpoint (no classifier head unless num_labels is given)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast, BertForSequenceClassification
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    # transformers 5 ignores BertTokenizerFast(vocab_file=...): load the folder instead
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": num_labels})) \
-        if num_labels else BertModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="session")
-def tiny_classifier(tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    folder = write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier"), num_labels=3)
-    return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-
-
-def tiny_batch(tokenizer, texts, labels):
-    enc = tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
-    return {**enc, "labels": torch.tensor(labels)}
-
-
 def test_clean_step_saliency_is_the_gradient_and_grads_are_a_plain_backward(tiny_classifier):
     model, tokenizer = tiny_classifier
     model.eval()  # no dropout, so the two passes below see the same function
@@ -491,21 +631,12 @@ def test_model_inputs_drops_labels_and_special_mask():
     assert saliency.model_inputs(batch) == {"attention_mask": 2, "token_type_ids": 3}
 
 
-def run_train(*argv: str) -> int:
-    return train.main([str(a) for a in argv])
-
-
-TINY_RUN = ("--task", "trec", "--train-fraction", "0.0118", "--epochs", "1",
-            "--batch-size", "16", "--no-progress", "--device", "cpu")
-
-
 @needs_data
 @pytest.mark.parametrize("variant", train.VARIANTS)
 def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert,
-                     "--data-dir", DATA, "--output-dir", out) == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
+    assert tiny_run(tiny_bert, out, "--variant", variant) == 0
+    results = results_of(out)
     assert results["data"]["train"] == 64 and results["data"]["test"] == 500
     (epoch,) = results["epochs"]
     assert math.isfinite(epoch["train_loss"])
@@ -532,9 +663,8 @@ def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, t
     # fits a budget of L_A D units), so exactly half of the 64 examples take nothing.
     monkeypatch.setattr(train, "sample_lam", alternating_lam)
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert tiny_run(tiny_bert, out, "--variant", variant, "--no-save-model") == 0
+    (epoch,) = results_of(out)["epochs"]
     assert epoch["mixed_examples"] == 64 and epoch["empty_mixes"] == 32
 
 
@@ -544,9 +674,8 @@ def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_ber
     # 64 examples in batches of 21: 21 + 21 + 21 + 1. Each batch of 21 has 11 lam of 0.
     monkeypatch.setattr(train, "sample_lam", alternating_lam)
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--batch-size", "21", "--variant", "C", "--model", tiny_bert,
-                     "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert tiny_run(tiny_bert, out, "--batch-size", "21", "--variant", "C", "--no-save-model") == 0
+    (epoch,) = results_of(out)["epochs"]
     assert epoch["batches_without_partner"] == 1
     assert epoch["mixed_examples"] == 63 and epoch["empty_mixes"] == 33
 
@@ -554,8 +683,7 @@ def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_ber
 @needs_data
 def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", "dropout", "--model", tiny_bert, "--seeds", "1,2",
-                     "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
+    assert tiny_run(tiny_bert, out, "--variant", "dropout", "--seeds", "1,2", "--no-save-model") == 0
     assert (out / "seed-1/results.json").exists() and (out / "seed-2/results.json").exists()
     assert "over 2 seeds" in capsys.readouterr().out
 
@@ -564,73 +692,11 @@ def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
 # Any encoder family: the variant's dropout reaches every layer; a head of another size
 # ---------------------------------------------------------------------------------------------
 
-def write_tiny_encoder(folder: Path, family: str) -> Path:
-    """A 2-layer, 32-wide random encoder of `family`, saved like a pretrained checkpoint with
-    a tokenizer of TINY_WORDS: RoBERTa gets a byte-level BPE (<s> a </s></s> b </s>, no
-    token types), MPNet WordPiece in that same format, the others WordPiece with [CLS] and
-    [SEP]. Its config's dropout fields hold odd values (0.37),
-    so that a field the loader misses shows."""
-    import transformers
-    from tokenizers import ByteLevelBPETokenizer
-    folder.mkdir(parents=True, exist_ok=True)
-    if family == "roberta":
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator([" ".join(TINY_WORDS)] * 4, vocab_size=300, show_progress=False,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-        bpe.save_model(str(folder))
-        tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(folder))
-    elif family == "mpnet":  # WordPiece with RoBERTa's specials: <s> a </s></s> b </s>
-        vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>", "?", ",", "'", "."] + TINY_WORDS
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tokenizer = transformers.MPNetTokenizerFast.from_pretrained(str(folder))
-    else:
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tokenizer = transformers.BertTokenizerFast.from_pretrained(str(folder))
-    size = dict(vocab_size=len(tokenizer), max_position_embeddings=130)
-    odd = 0.37
-    config = {
-        "bert": lambda: transformers.BertConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
-        "roberta": lambda: transformers.RobertaConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd, classifier_dropout=odd),
-        "distilbert": lambda: transformers.DistilBertConfig(
-            **size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=odd,
-            attention_dropout=odd, seq_classif_dropout=odd),
-        "albert": lambda: transformers.AlbertConfig(
-            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
-            attention_probs_dropout_prob=odd, classifier_dropout_prob=odd),
-        "electra": lambda: transformers.ElectraConfig(
-            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
-            attention_probs_dropout_prob=odd, classifier_dropout=odd),
-        "mpnet": lambda: transformers.MPNetConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
-    }[family]()
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra", "mpnet")
-
-
-def dropout_probabilities(model) -> set:
-    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(family, tmp_path,
                                                                             capsys):
     from transformers import AutoModelForSequenceClassification
-    folder = write_tiny_encoder(tmp_path / family, family)
+    folder = write_tiny_encoder(tmp_path / family, family, dropout=0.37)  # odd: a missed field shows
     labels = data.TASKS["rte"].label_names
     for variant, expected in (("base", 0.0), ("dropout", 0.1), ("G", 0.1)):
         (config,) = train.configs_from_args(train.build_parser().parse_args(
@@ -656,11 +722,10 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
 
 
 @needs_data
-def test_a_checkpoint_with_another_head_size_starts_a_new_head(tmp_path, capsys):
-    two_class = write_tiny_bert(tmp_path / "sst2-like", num_labels=2)
+def test_a_checkpoint_with_another_head_size_starts_a_new_head(tiny_two_class_model, tmp_path,
+                                                               capsys):
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", "dropout", "--model", two_class,
-                     "--data-dir", DATA, "--output-dir", out) == 0
+    assert tiny_run(tiny_two_class_model, out, "--variant", "dropout") == 0
     assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
     saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
     assert list(saved["id2label"].values()) == list(data.TASKS["trec"].label_names)
@@ -669,8 +734,8 @@ def test_a_checkpoint_with_another_head_size_starts_a_new_head(tmp_path, capsys)
 
 @needs_data
 def test_resume_without_a_checkpoint_says_it_starts_fresh(tiny_bert, tmp_path, capsys):
-    assert run_train(*TINY_RUN, "--variant", "base", "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", tmp_path / "run", "--no-save-model", "--resume") == 0
+    assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "base", "--no-save-model",
+                    "--resume") == 0
     assert "holds no checkpoint, so the run starts fresh" in capsys.readouterr().out
 
 
@@ -994,9 +1059,6 @@ def test_resolve_data_dir(monkeypatch):
 # ---------------------------------------------------------------- downloads
 
 def test_no_network_names_files_and_folder(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(data.DataError) as error:
         data.load_task("trec", tmp_path / "empty")
@@ -1085,16 +1147,6 @@ def test_unpinned_download_is_noted(tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------- encode / collate
 
-@pytest.fixture
-def tiny_tokenizer(tmp_path):
-    from transformers import BertTokenizerFast
-
-    words = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat a dog .".split()
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    # transformers 5 ignores vocab_file=; loading the folder is what works.
-    return BertTokenizerFast.from_pretrained(str(tmp_path))
-
-
 def test_encode_single_texts_and_pad(tiny_tokenizer):
     examples = [data.Example("the cat sat on the mat", None, 1), data.Example("a dog", None, 0)]
     encoded = data.encode(examples, tiny_tokenizer)
@@ -1147,11 +1199,6 @@ def test_encode_refuses_mixed_pairs(tiny_tokenizer):
 # train.py: resume, determinism, processes, precision, and bad input
 # =============================================================================================
 
-def tiny_run(tiny_bert, out, *extra):
-    return run_train(*TINY_RUN, "--model", tiny_bert, "--data-dir", DATA, "--output-dir", out,
-                     *extra)
-
-
 def saved_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
     return load_file(str(folder / "model.safetensors"))
@@ -1165,8 +1212,7 @@ def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_pa
     assert (tmp_path / "halves/seed-1/checkpoint.pt").exists()
     assert not (tmp_path / "halves/seed-1/results.json").exists()
     assert tiny_run(tiny_bert, tmp_path / "halves", *flags, "--resume") == 0
-    a = json.loads((tmp_path / "straight/seed-1/results.json").read_text())
-    b = json.loads((tmp_path / "halves/seed-1/results.json").read_text())
+    a, b = results_of(tmp_path / "straight"), results_of(tmp_path / "halves")
     for key in ("final", "config"):
         assert a[key] == b[key]
     assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
@@ -1178,7 +1224,7 @@ def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_pa
 def test_same_seed_same_metrics(tiny_bert, tmp_path):
     for name in ("a", "b"):
         assert tiny_run(tiny_bert, tmp_path / name, "--variant", "U", "--no-save-model") == 0
-    a, b = (json.loads((tmp_path / n / "seed-1/results.json").read_text()) for n in "ab")
+    a, b = results_of(tmp_path / "a"), results_of(tmp_path / "b")
     assert a["epochs"][0]["train_loss"] == b["epochs"][0]["train_loss"]
     assert a["final"] == b["final"]
 
@@ -1198,7 +1244,7 @@ def test_finished_run_is_not_overwritten_unless_asked(tiny_bert, tmp_path, capsy
 @pytest.mark.parametrize("flags", [("--bf16",), ("--grad-accum", "2")])
 def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags):
     assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "C", "--no-save-model", *flags) == 0
-    results = json.loads((tmp_path / "run/seed-1/results.json").read_text())
+    results = results_of(tmp_path / "run")
     assert math.isfinite(results["epochs"][0]["train_loss"])
 
 
@@ -1210,8 +1256,7 @@ def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
     assert tiny_run(tiny_bert, tmp_path / "straight", *cuda) == 0
     assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--stop-after", "1") == 0
     assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--resume") == 0
-    a, b = (json.loads((tmp_path / name / "seed-1/results.json").read_text())
-            for name in ("straight", "halves"))
+    a, b = results_of(tmp_path / "straight"), results_of(tmp_path / "halves")
     assert a["environment"]["device_name"] == torch.cuda.get_device_name()
     assert all(0 < e["mean_label_weight"] < 1 for e in a["epochs"])
     # the resumed run restores CUDA's generator too; CUDA's atomic adds in the backward pass
@@ -1236,7 +1281,6 @@ def failed_children(stderr: str) -> str:
 
 @needs_data
 def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
-    import subprocess
     out = tmp_path / "ddp"
     command = [*TORCHRUN, "--nproc_per_node", "2", str(HERE / "train.py"),
                *TINY_RUN, "--variant", "G", "--model", str(tiny_bert), "--data-dir", str(DATA),
@@ -1244,7 +1288,7 @@ def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert finished.returncode == 0, failed_children(finished.stderr)
-    results = json.loads((out / "seed-1/results.json").read_text())
+    results = results_of(out)
     assert results["timing"]["processes"] == 2
     assert results["final"]["examples"] == results["data"]["test"] == 500
     assert finished.stdout.count("test accuracy") == 1  # only rank 0 reports
@@ -1305,7 +1349,6 @@ if procs.world > 1:
 
 def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum: int,
                        processes: int = 1) -> dict:
-    import subprocess
     script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
     script.write_text(GRADIENT_PROBE)
     launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", str(processes)]
@@ -1398,16 +1441,9 @@ def test_clipping_takes_the_whole_step_after_both_backward_passes(tiny_classifie
     expected = literal_step_gradients(model, batch, lam, 2)
     norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))
     assert norm > 100 * config.max_grad_norm
-    seen = {}
-
-    class Recorder:  # an optimizer that keeps the gradients it is given
-        def step(self):
-            seen.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-
-        def zero_grad(self, set_to_none=True):
-            model.zero_grad(set_to_none=set_to_none)
-    no_schedule = type("NoSchedule", (), {"step": lambda self: None})()
-    train.train_epoch(config, model, Recorder(), no_schedule, [batch], 0)
+    recorder = GradientRecorder(model)
+    train.train_epoch(config, model, recorder, NoSchedule(), [batch], 0)
+    (seen,) = recorder.grads  # one batch: one optimizer step
     assert seen.keys() == expected.keys()
     for name, g in expected.items():
         torch.testing.assert_close(seen[name], g * config.max_grad_norm / norm, rtol=1e-4,
@@ -1419,11 +1455,9 @@ def test_clipping_takes_the_whole_step_after_both_backward_passes(tiny_classifie
 @pytest.mark.parametrize("variant", [v for v in train.VARIANTS if train.VARIANTS[v].mixes])
 def test_every_mixing_variant_trains_end_to_end_on_sentence_pairs(variant, tiny_bert, tmp_path):
     out = tmp_path / "rte"
-    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
-                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
-                     "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
+    assert tiny_run(tiny_bert, out, "--variant", variant, "--no-save-model",
+                    run=TINY_PAIRS_RUN) == 0
+    results = results_of(out)
     assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
     assert results["final"]["split"] == "dev" and results["final"]["selected_on"] == "last epoch"
     (epoch,) = results["epochs"]
@@ -1508,8 +1542,6 @@ def sst1_with_a_cp1252_byte(tmp_path, tiny_bert, monkeypatch):
 
 
 def no_data_and_no_network(tmp_path, tiny_bert, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     return ("--data-dir", tmp_path / "no-data")
 
@@ -1616,8 +1648,7 @@ def readme_block(marker: str) -> str:
 
 
 def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
-    namespace: dict = {}
-    exec(compile(readme_block("<!-- snippet:own-loop -->"), "README.md", "exec"), namespace)
+    namespace = readme_namespace("<!-- snippet:own-loop -->")
     model, tokenizer = tiny_classifier
     model.train()
     enc = tokenizer(["what is the river ?", "who was the first president", "how many",
@@ -1885,12 +1916,6 @@ def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_
 SENTENCE = "what is the city ?"  # words of the tiny BERT's vocabulary: no [UNK]
 
 
-@pytest.fixture(scope="module")
-def tiny_sentiment_model(tmp_path_factory) -> Path:
-    """A tiny BERT classifier with 2 classes, saved like train.py saves a model."""
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-fig"), num_labels=2)
-
-
 def png_size(path: Path) -> tuple[int, int]:
     """(width, height) in pixels from the PNG header: the IHDR chunk follows the signature."""
     header = path.read_bytes()[:24]
@@ -1985,18 +2010,18 @@ def test_region_mask_is_the_mask_dropmix_applies():
 # The commands on a tiny BERT
 # ---------------------------------------------------------------------------------------------
 
-def test_figure_3a_png_has_the_expected_size(tiny_sentiment_model, tmp_path, capsys):
+def test_figure_3a_png_has_the_expected_size(tiny_two_class_model, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "figs" / "fig3a.png"
-    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    assert figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--variant", "G", "--n", "2", "--lam", "0.3", "--png", str(png)]) == 0
     # 13 x (1.5 + 0.26 per token row) inches at 100 dpi; 7 rows: [CLS] what is the city ? [SEP]
     assert png_size(png) == (1300, 332)
     assert f"wrote {png}" in capsys.readouterr().out
 
 
-def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
-    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+def test_text_view_prints_one_line_per_token(tiny_two_class_model, capsys):
+    assert figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--label", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, body = lines[:3], lines[3:]
@@ -2011,11 +2036,11 @@ def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
     assert ranks == list(range(1, len(tokens) - 1))  # ordinary tokens ranked 1..L
 
 
-def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp_path,
+def test_png_without_matplotlib_says_how_to_install_it(tiny_two_class_model, tmp_path,
                                                        monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    code = figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    code = figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--png", str(tmp_path / "f.png")])
     err = capsys.readouterr().err
     assert code == 2 and "pip install matplotlib" in err and "Traceback" not in err
@@ -2032,19 +2057,18 @@ def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp
     (("--text", SENTENCE, "--window-width", "99"), "window width 99 is outside 1..32"),
     (("--channels",), "--channels needs --task"),
 ])
-def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_sentiment_model, capsys):
-    argv = [*flags] if "--model" in flags else ["--model", str(tiny_sentiment_model), *flags]
+def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_two_class_model, capsys):
+    argv = [*flags] if "--model" in flags else ["--model", str(tiny_two_class_model), *flags]
     assert figures.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @needs_data
-def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
+def test_channel_command_writes_the_figure_table_and_numbers(tiny_trec_model, tmp_path, capsys):
     # trec has 6 classes: a 6-class tiny classifier, 60 sampled questions
-    model = write_tiny_bert(tmp_path / "model", num_labels=6)
     out = tmp_path / "analysis"
-    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(tiny_trec_model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "60", "--batch-size", "16",
                           "--out", str(out)]) == 0
     numbers = json.loads((out / "channel_importance.json").read_text())
@@ -2066,15 +2090,14 @@ def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
 
 
 @needs_data
-def test_channels_without_matplotlib_still_write_the_table_and_numbers(tmp_path, monkeypatch,
-                                                                      capsys):
+def test_channels_without_matplotlib_still_write_the_table_and_numbers(tiny_trec_model, tmp_path,
+                                                                      monkeypatch, capsys):
     # --channels asks for the analysis, not for a PNG: without matplotlib it skips the PNG
     # with a one-line note and writes the rest
-    model = write_tiny_bert(tmp_path / "model", num_labels=6)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "analysis"
-    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(tiny_trec_model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "30", "--out", str(out)]) == 0
     assert "pip install matplotlib" in capsys.readouterr().err
     assert (out / "table5.md").exists() and (out / "channel_importance.json").exists()
@@ -2089,7 +2112,6 @@ def test_channels_without_matplotlib_still_write_the_table_and_numbers(tmp_path,
 def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
     # copied alone, with matplotlib hidden: the file imports with torch only, and nothing of
     # the project (nor transformers or matplotlib) was imported
-    import subprocess
     shutil.copy(HERE / f"{module}.py", tmp_path / f"{module}.py")
     code = (f"import sys; sys.modules['matplotlib'] = None; import {module}; "
             f"assert all(callable(getattr({module}, n)) for n in {names!r}); "
@@ -2105,7 +2127,6 @@ def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
 # =============================================================================================
 
 def test_mask_overlap_counts_by_hand():
-    import mask_overlap
     a = torch.zeros(3, 2, 2, dtype=torch.bool)
     b = torch.zeros(3, 2, 2, dtype=torch.bool)
     a[0, 0] = b[0, 0] = True                  # the same two units: 1
@@ -2121,7 +2142,6 @@ def test_mask_overlap_counts_by_hand():
 
 @needs_data
 def test_mask_overlap_command_writes_its_table(tiny_bert, tmp_path, capsys):
-    import mask_overlap
     out = tmp_path / "overlap.md"
     assert mask_overlap.main(["--model", str(tiny_bert), "--batches", "2", "--data-dir",
                               str(DATA), "--device", "cpu", "--out", str(out)]) == 0
@@ -2216,14 +2236,6 @@ def test_default_encoder_is_verified_before_use(monkeypatch):
 # own dropout fields. A tiny random MPNet stands in for the real one, and the fetch script is
 # fed parts made here: nothing is downloaded.
 
-import mpnet  # noqa: E402  results/mpnet.py
-
-
-@pytest.fixture(scope="session")
-def tiny_mpnet(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
-
-
 @pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
 def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
     from transformers import AutoTokenizer
@@ -2270,9 +2282,8 @@ def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
 @pytest.mark.parametrize("variant", train.VARIANTS)
 def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_mpnet, tmp_path):
     out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_mpnet,
-                     "--data-dir", DATA, "--output-dir", out) == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
+    assert tiny_run(tiny_mpnet, out, "--variant", variant) == 0
+    results = results_of(out)
     assert results["data"]["train"] == 64 and results["final"]["examples"] == 500
     (epoch,) = results["epochs"]
     assert math.isfinite(epoch["train_loss"])
@@ -2288,11 +2299,9 @@ def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_m
 @pytest.mark.parametrize("variant", ["ssmix", "G"])
 def test_mpnet_trains_end_to_end_on_sentence_pairs(variant, tiny_mpnet, tmp_path):
     out = tmp_path / "rte"
-    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
-                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
-                     "--variant", variant, "--model", tiny_mpnet, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
+    assert tiny_run(tiny_mpnet, out, "--variant", variant, "--no-save-model",
+                    run=TINY_PAIRS_RUN) == 0
+    (epoch,) = results_of(out)["epochs"]
     assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
 
 
@@ -2417,11 +2426,6 @@ TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many
 TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
 
 
-@pytest.fixture(scope="session")
-def tiny_classifier_folder(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier-trainer"), num_labels=3)
-
-
 def no_dropout_classifier(folder: Path):
     """A fresh copy of the tiny classifier with every dropout at 0, so that two copies trained
     on the same batch see the same function."""
@@ -2473,19 +2477,6 @@ def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int
         model=no_dropout_classifier(folder), args=args, train_dataset=dataset,
         data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
     return trainer, fed, grads
-
-
-class GradientRecorder:
-    """Stands in for the own loop's optimizer: keeps the gradients it would step on."""
-
-    def __init__(self, model):
-        self.model, self.grads = model, []
-
-    def step(self):
-        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
-
-    def zero_grad(self):
-        self.model.zero_grad()
 
 
 @pytest.mark.parametrize("grad_accum, batches", [(1, 1), (2, 2), (2, 3)])
@@ -2630,7 +2621,6 @@ def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_c
     # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
     # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
     # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
-    import subprocess
     script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
     script.write_text(TRAINER_DDP_PROBE)
     done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
