@@ -278,6 +278,9 @@ def test_clean_step_saliency_is_the_gradient_and_grads_are_a_plain_backward(tiny
     # a scaled backward returns the same map and half the gradients
     _, I_half = saliency.clean_step(model, batch, loss_scale=0.5)
     torch.testing.assert_close(I_half, I)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, clean_grads[name] / 2, msg=name)
+    model.zero_grad()
     model.train()
 
 
@@ -344,9 +347,9 @@ def test_window_shapes_of_section_4_2():
     g = torch.Generator().manual_seed(0)
     drawn = {patches.window_shape("G", 40, 384, generator=g)[0] for _ in range(400)}
     assert drawn == set(range(2, 33))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^unknown DropMix variant 'X'; choose one of U, C, W, G$"):
         patches.window_shape("X", 40, 384)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^window width 385 is outside 1\.\.384$"):
         patches.window_shape("G", 40, 384, d=385)
 
 
@@ -629,12 +632,14 @@ def test_the_literal_check_catches_a_wrong_place_and_a_missing_mix(monkeypatch):
         return out
     original = mix.region_mask
     monkeypatch.setattr(mix, "region_mask", reversed_region_mask)
-    with pytest.raises(AssertionError):
+    # caught on X~ itself, unit for unit: the failed assertion is the one that names the case
+    x_differs = r"^\(\d+, '[UCWG]'\)\nassert False"
+    with pytest.raises(AssertionError, match=x_differs):
         check_dropmix_against_literal()
     # A DropMix that mixes nothing.
     monkeypatch.setattr(mix, "region_mask", lambda saliency, *args, **kwargs:
                         torch.zeros_like(saliency, dtype=torch.bool))
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=x_differs):
         check_dropmix_against_literal()
 
 
@@ -695,6 +700,44 @@ def test_region_mask_is_the_mask_dropmix_applies():
     mixed, _ = mix.dropmix(x, I, ordinary, 2, 1, lam)
     M = mix.region_mask(I, mix.mixing_region(ordinary), 2, 1, lam, budget_rows=ordinary.sum(1))
     assert torch.equal(M, mixed != x)
+
+
+def test_partner_is_the_batch_rolled_by_one():
+    # X_B[b] = X_A[b - 1]: the first example's partner is the last, and none meets itself
+    assert mix.partner(torch.tensor([10, 11, 12, 13])).tolist() == [13, 10, 11, 12]
+    assert mix.partner(torch.arange(6).view(3, 2)).tolist() == [[4, 5], [0, 1], [2, 3]]
+
+
+def test_input_dropout_zeroes_units_and_scales_the_kept_ones():
+    # Section 3.1, X~ = M * X with M ~ Bernoulli(1 - p), in the inverted form BERT's own
+    # dropout layers use: a kept unit reads x / (1 - p), so a map of ones holds 0 and 4/3 only
+    # at p = 1/4, a quarter of them 0; p = 0 leaves X as it is
+    torch.manual_seed(0)
+    x = torch.ones(64, 128, 32)
+    dropped = mix.input_dropout(x, 0.25)
+    values = dropped.unique()
+    assert dropped.shape == x.shape and values[0] == 0 and len(values) == 2
+    assert values[1].item() == pytest.approx(4 / 3)
+    assert (dropped == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert torch.equal(mix.input_dropout(x, 0.0), x)
+
+
+def test_sample_lam_draws_beta_alpha_alpha_per_example():
+    # Beta(alpha, alpha) has mean 1/2 and variance 1 / (4 (2 alpha + 1)): 1/6 at alpha = 1/4
+    # (most draws near 0 or 1), 1/12 at alpha = 1 (the uniform distribution)
+    for alpha, variance in ((0.25, 1 / 6), (1.0, 1 / 12)):
+        torch.manual_seed(0)
+        lam = mix.sample_lam(alpha, 100_000)
+        assert lam.shape == (100_000,) and 0 <= lam.min() and lam.max() <= 1
+        assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
+        assert lam.var().item() == pytest.approx(variance, rel=0.03)
+    # one draw per example from torch's global generator: a seed fixes them
+    torch.manual_seed(1)
+    first = mix.sample_lam(0.1, 8)
+    torch.manual_seed(1)
+    assert torch.equal(mix.sample_lam(0.1, 8), first)
+    torch.manual_seed(2)
+    assert not torch.equal(mix.sample_lam(0.1, 8), first)
 
 
 def test_mixup_eq1_and_attention_union():
@@ -782,6 +825,13 @@ def test_mixed_cross_entropy_is_soft_label_cross_entropy():
     soft = (1 - r)[:, None] * F.one_hot(y_a, 5) + r[:, None] * F.one_hot(y_b, 5)
     expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
     torch.testing.assert_close(mix.mixed_cross_entropy(logits, y_a, y_b, r), expected)
+    # by hand: logits (0, ln 3) give p = (1/4, 3/4), so with Y_A = 0, Y_B = 1 and r = 1/4 the
+    # loss is 3/4 ln 4 + 1/4 ln 4/3 = 1.1116413; logits (ln 3, 0) with Y_A = Y_B = 0 give
+    # ln 4/3 = 0.2876821 whatever r is; eq. 6 is their mean
+    two = torch.tensor([[0.0, math.log(3)], [math.log(3), 0.0]])
+    loss = mix.mixed_cross_entropy(two, torch.tensor([0, 0]), torch.tensor([1, 0]),
+                                   torch.tensor([0.25, 0.7]))
+    assert loss.item() == pytest.approx((1.1116413 + 0.2876821) / 2, abs=1e-6)
 
 
 def literal_step_gradients(model, batch, lam, n):
@@ -859,13 +909,17 @@ def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
     # copied alone, with matplotlib hidden: the file imports with torch only, and nothing of
     # the project (nor transformers or matplotlib) was imported
     shutil.copy(HERE / f"{module}.py", tmp_path / f"{module}.py")
-    code = (f"import sys; sys.modules['matplotlib'] = None; import {module}; "
-            f"assert all(callable(getattr({module}, n)) for n in {names!r}); "
-            "loaded = [m for m in ('patches', 'mix', 'saliency', 'data', 'train', 'transformers') "
-            f"if m in sys.modules and m != {module!r}]; assert not loaded, loaded")
+    code = (f"import json, sys; sys.modules['matplotlib'] = None; import {module}; "
+            f"print(json.dumps({{'file': {module}.__file__, "
+            f"'callable': [n for n in {names!r} if callable(getattr({module}, n))], "
+            "'loaded': [m for m in ('patches', 'mix', 'saliency', 'data', 'train', 'transformers') "
+            f"if m in sys.modules and m != {module!r}]}}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert Path(seen["file"]).resolve() == (tmp_path / f"{module}.py").resolve()  # the copy
+    assert seen["callable"] == list(names) and seen["loaded"] == []
 
 
 # =============================================================================================
@@ -986,7 +1040,8 @@ def test_holdout_tasks(task, total, counts, blank_lines, capsys):
     ]
     assert loaded.select is None and loaded.report_name == "test"
     assert len(loaded.train) + len(loaded.report) == total
-    assert len(loaded.report) == -(-total // 10)  # sklearn rounds the test size up
+    # 10% of the examples, rounded up as sklearn does: 1066.2, 377.1, 1000 and 1060.3
+    assert len(loaded.report) == {"mr": 1067, "cr": 378, "subj": 1000, "mpqa": 1061}[task]
     totals = [a + b for a, b in zip(label_counts(loaded.train), label_counts(loaded.report))]
     assert totals == counts
     for label, count in enumerate(counts):  # stratified: each class split 90/10 (+-1)
@@ -1051,7 +1106,7 @@ def test_subsample_rejects_bad_fraction(fraction):
 def test_subsample_too_small_is_data_error():
     with pytest.raises(data.DataError, match="cannot keep all 3 classes"):
         data.subsample(make_examples([10, 10, 10]), 0.05)  # 1 example, 3 classes
-    with pytest.raises(data.DataError):
+    with pytest.raises(data.DataError, match="^Cannot subsample an empty training set.$"):
         data.subsample([], 0.5)
 
 
@@ -1343,7 +1398,7 @@ def test_collate_matches_tokenizer_pad(tiny_tokenizer):
 
 
 def test_encode_refuses_mixed_pairs(tiny_tokenizer):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^encode\(\) needs all single texts or all pairs, not a mix$"):
         data.encode([data.Example("a", None, 0), data.Example("a", "b", 0)], tiny_tokenizer)
 
 
@@ -1419,8 +1474,12 @@ def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_ber
 def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--seeds", "1,2", "--no-save-model") == 0
-    assert (out / "seed-1/results.json").exists() and (out / "seed-2/results.json").exists()
-    assert "over 2 seeds" in capsys.readouterr().out
+    runs = [results_of(out, seed) for seed in (1, 2)]
+    assert [r["config"]["seed"] for r in runs] == [1, 2]
+    a, b = (r["final"]["accuracy"] for r in runs)
+    # the mean of two numbers and their sample standard deviation: (a + b) / 2, |a - b| / sqrt 2
+    assert (f"trec dropout: test accuracy {100 * (a + b) / 2:.2f} +- "
+            f"{100 * abs(a - b) / math.sqrt(2):.2f} over 2 seeds") in capsys.readouterr().out
 
 
 @needs_data
@@ -1442,7 +1501,9 @@ def test_a_checkpoint_with_another_head_size_starts_a_new_head(tiny_two_class_mo
 def test_resume_without_a_checkpoint_says_it_starts_fresh(tiny_bert, tmp_path, capsys):
     assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "base", "--no-save-model",
                     "--resume") == 0
-    assert "holds no checkpoint, so the run starts fresh" in capsys.readouterr().out
+    assert (f"--resume: {tmp_path / 'run' / 'seed-1'} holds no checkpoint, so the run starts "
+            "fresh") in capsys.readouterr().out
+    assert [e["epoch"] for e in results_of(tmp_path / "run")["epochs"]] == [1]  # and it ran
 
 
 def saved_weights(folder: Path) -> dict:
@@ -1481,17 +1542,43 @@ def test_finished_run_is_not_overwritten_unless_asked(tiny_bert, tmp_path, capsy
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model") == 0
     before = (out / "seed-1/results.json").read_text()
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model") == 2
-    assert "finished run" in capsys.readouterr().err
+    assert (f"error: {out / 'seed-1'} holds a finished run; pass --overwrite to replace it."
+            in capsys.readouterr().err.splitlines())
     assert (out / "seed-1/results.json").read_text() == before
+    # --overwrite replaces it: a marker in its place gives way to the same run's results again
+    (out / "seed-1/results.json").write_text('{"final": "replaced?"}')
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model", "--overwrite") == 0
+    assert results_of(out)["final"] == json.loads(before)["final"]
 
 
 @needs_data
 @pytest.mark.parametrize("flags", [("--bf16",), ("--grad-accum", "2")])
-def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags):
+def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags, monkeypatch, capsys):
+    # what each flag changes, seen from inside the run: every forward pass under bf16
+    # autocast or none; 64 examples in 4 batches of 16, taken as 4 steps of one batch each or
+    # as 2 steps of two (each batch's loss scaled by 1/2, the gradients reduced on the last)
+    steps, precisions = [], []
+    real_step, real_autocast = train.train_step, train.autocast
+
+    def recorded_step(config, model, batch, loss_scale=1.0, reduce=True):
+        steps.append((loss_scale, reduce))
+        return real_step(config, model, batch, loss_scale=loss_scale, reduce=reduce)
+
+    def recorded_autocast(device, bf16):
+        precisions.append(bf16)
+        return real_autocast(device, bf16)
+    monkeypatch.setattr(train, "train_step", recorded_step)
+    monkeypatch.setattr(train, "autocast", recorded_autocast)
     assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "C", "--no-save-model", *flags) == 0
+    bf16 = flags == ("--bf16",)
+    assert set(precisions) == {bf16}
+    assert steps == ([(1.0, True)] * 4 if bf16 else [(0.5, False), (0.5, True)] * 2)
+    assert f"64 train, 500 test; {4 if bf16 else 2} steps per epoch on cpu" in capsys.readouterr().out
     results = results_of(tmp_path / "run")
-    assert math.isfinite(results["epochs"][0]["train_loss"])
+    assert (results["config"]["bf16"], results["config"]["grad_accum"]) == (bf16, 1 if bf16 else 2)
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and epoch["mixed_examples"] == 64
+    assert 0 < epoch["mean_label_weight"] < 1
 
 
 @needs_cuda
@@ -1814,7 +1901,7 @@ def test_gradient_accumulation_and_ddp_equal_one_big_batch(tiny_bert, tmp_path):
     assert len(ddp["predictions"]) == 499 and ddp["predictions"] == whole["predictions"]
     # a wrong scale (each batch of 8 counted as a whole step) is caught
     wrong = [{n: 2 * g for n, g in step.items()} for step in whole["steps"]]
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"^bert\.embeddings\.word_embeddings\.weight$"):
         assert_same_steps(wrong, whole["steps"])
 
 
@@ -2179,7 +2266,10 @@ def test_mpnet_trains_end_to_end_on_sentence_pairs(variant, tiny_mpnet, tmp_path
     out = tmp_path / "rte"
     assert tiny_run(tiny_mpnet, out, "--variant", variant, "--no-save-model",
                     run=TINY_PAIRS_RUN) == 0
-    (epoch,) = results_of(out)["epochs"]
+    results = results_of(out)
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
+    assert results["final"]["split"] == "dev" and results["config"]["variant"] == variant
+    (epoch,) = results["epochs"]
     assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
 
 
@@ -2827,3 +2917,27 @@ def test_mpnet_script_leaves_a_folder_that_is_not_the_model_alone(tmp_path, caps
     assert mpnet.main(["--folder", str(folder)]) == 2
     assert "is not an assembled all-mpnet-base-v2 folder" in only_error_line(capsys.readouterr().err)
     assert os.listdir(folder) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# results/gpu_check.sh: the CUDA tests it runs
+# ---------------------------------------------------------------------------------------------
+
+def test_gpu_check_selects_exactly_the_tests_that_need_a_gpu():
+    # gpu_check.sh selects them with `-k cuda`: every test that needs a CUDA device has "cuda"
+    # in its name, and every test so named (in any case: -k ignores it) needs one, so the GPU
+    # machine runs the README's five (eq. 4 twice, eq. 5, training in fp32 and bf16) and no
+    # other; this test's own name keeps out of it
+    assert "test_dropmix.py -k cuda" in (HERE / "results" / "gpu_check.sh").read_text()
+    tests = {name: test for name, test in globals().items() if name.startswith("test_")}
+    marked = {name for name, test in tests.items()
+              if needs_cuda.mark in getattr(test, "pytestmark", [])}
+    assert marked == {name for name in tests if "cuda" in name.lower()} == {
+        "test_patch_mask_on_cuda_equals_literal_eq4",
+        "test_dropmix_on_cuda_equals_the_literal_loop_unit_for_unit",
+        "test_training_on_cuda_resumes_and_saves"}
+
+    def cases(test):  # how many tests pytest collects of it: the product of its parameter lists
+        return math.prod(len(mark.args[1]) for mark in getattr(test, "pytestmark", [])
+                         if mark.name == "parametrize")
+    assert sum(cases(tests[name]) for name in marked) == 5
