@@ -2243,6 +2243,33 @@ def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
     assert torch.equal(ids[special], batch["input_ids"][special]) and (r > 0).any()
 
 
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_family_s_mask_touches_its_special_tokens_or_padding(family, pairs, tmp_path):
+    # the MPNet test above for every family: each writes its own specials ([CLS]/[SEP] or
+    # <s>/</s></s>), and the mask must find them through the tokenizer, never by id
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_encoder(tmp_path / family, family))
+    texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
+             ("how many", "the world is called the world"), ("where is the river", "in it")]
+    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
+    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
+    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
+    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N)
+    assert (batch["attention_mask"] == 0).any() and special[:, 0].all()
+    ordinary = mix.ordinary_tokens(batch)
+    assert torch.equal(ordinary, ~special)
+    B, N = batch["input_ids"].shape
+    torch.manual_seed(0)
+    x = torch.randn(B, N, 32)
+    I = torch.rand(B, N, 32) + 100 * special[..., None]   # the specials, by far the most salient
+    for window in patches.WINDOWS:
+        n, d = patches.window_shape(window, N, 32, n=2)
+        mixed, r = mix.dropmix(x, I, ordinary, n, d, torch.ones(B))
+        assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
+        assert not torch.equal(mixed, x), window
+
+
 @needs_data
 @pytest.mark.parametrize("variant", train.VARIANTS)
 def test_every_variant_trains_end_to_end_on_real_trec_with_mpnet(variant, tiny_mpnet, tmp_path):
@@ -2331,6 +2358,17 @@ def test_summary_longer_schedule_table_and_epoch_plot(tmp_path):
     # without 10-epoch runs there is neither a row nor a plot
     assert summary.schedule_table([tmp_path], 3, 12).count("\n") == 2
     assert "no plot" in summary.plot_epochs([tmp_path], 12, 3, tmp_path / "none.png")
+    # the cross-task table: a second folder with the same runs, and a C at 3 epochs there
+    # (seed 1, 94 against dropout's 90): one mean per setting, never one over both schedules
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in tmp_path.glob("*.json"):
+        (other / path.name).write_text(path.read_text())
+    fake_result(other, "c3-1", "C", 1, 0.94, alpha=0.25)
+    rows = summary.cross_task_table([tmp_path, other]).splitlines()
+    assert "| mean over tasks (10 epochs) | +0.00 | +2.50 | | |" in rows
+    assert not any("mean over tasks (3 epochs)" in row for row in rows)  # one task has C at 3
+    assert sum("(3 epochs) | +4.00 | – |" in row for row in rows) == 1
 
 
 def test_summary_means_stds_and_seed_counts(tmp_path, capsys):
