@@ -155,18 +155,20 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
     longer = (f"**The longer schedule: C and G at {LONG_EPOCHS} epochs against dropout at "
               f"{EPOCHS[1.0]} (the paper's protocol) and at {LONG_EPOCHS} (the fair comparison)"
               "**, mean minus mean and seed by seed, in points\n\n" + schedule.strip())
-    if schedule.count("\n") > 2:
-        block.append(longer)
-        if figure.exists():
-            block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]"
-                         f"({figure.name})")
+
+    def longer_schedule(target: Path) -> list[str]:
+        """The longer schedule's table and its figure, linked from `target`'s folder; nothing
+        until a run of that schedule has finished."""
+        if schedule.count("\n") <= 2:
+            return []
+        link = os.path.relpath(figure, target.resolve().parent)
+        alt = f"Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs"
+        return [longer] + ([f"![{alt}]({link})"] if figure.exists() else [])
+
+    block += longer_schedule(readme)
     first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
     main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross.strip()]
-    if schedule.count("\n") > 2:
-        main_block.append(longer)
-        if figure.exists():
-            link = os.path.relpath(figure, main_readme.resolve().parent)
-            main_block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]({link})")
+    main_block += longer_schedule(main_readme)
     return (replace_block(readme, "\n\n".join(block))
             or replace_block(main_readme, "\n\n".join(main_block)))
 
