@@ -2162,24 +2162,13 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
     assert all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n)
 
 
-@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
-def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(tiny_mpnet)
-    texts = [("what is the city ?", "the river"),
-             ("who was the first president of the country", "a name"),
-             ("how many", "the world is called the world"),
-             ("where is the river , the world", "in the country of the state")]
-    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
-    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
-    assert "token_type_ids" not in batch                       # MPNet has no token types
-    first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
-    expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
-    expected += ["</s>", "the", "river", "</s>"] if pairs else []
-    assert first[:len(expected)] == expected and set(first[len(expected):]) == {"<pad>"}
+def assert_mask_spares_specials(tokenizer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The specials ([CLS]/[SEP] or <s>/</s>) and padding, found through the tokenizer and
+    made by far the most salient, are never in M, for every window shape, while ordinary
+    tokens are mixed. Returns (special, I), (B, N) and (B, N, 32), for further checks."""
     specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
-    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N): <s>, </s>, pad
-    assert (batch["attention_mask"] == 0).any()               # the batch holds padding
+    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N)
+    assert (batch["attention_mask"] == 0).any() and special[:, 0].all()  # padding, a first special
     ordinary = mix.ordinary_tokens(batch)
     assert torch.equal(ordinary, ~special)
     B, N = batch["input_ids"].shape
@@ -2196,9 +2185,28 @@ def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
         assert M.any() and not M[special].any(), window
         mixed, r = mix.dropmix(x, I, ordinary, n, d, lam)
         assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
-        assert not torch.equal(mixed, x)
+        assert not torch.equal(mixed, x), window
+    return special, I
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mpnet)
+    texts = [("what is the city ?", "the river"),
+             ("who was the first president of the country", "a name"),
+             ("how many", "the world is called the world"),
+             ("where is the river , the world", "in the country of the state")]
+    examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
+    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
+    assert "token_type_ids" not in batch                       # MPNet has no token types
+    first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
+    expected += ["</s>", "the", "river", "</s>"] if pairs else []
+    assert first[:len(expected)] == expected and set(first[len(expected):]) == {"<pad>"}
+    special, I = assert_mask_spares_specials(tokenizer, batch)
     # SSMix's spans, segment by segment, leave them alone too
-    segments = mix.token_segments(ordinary, special & batch["attention_mask"].bool())
+    segments = mix.token_segments(~special, special & batch["attention_mask"].bool())
     assert set(segments[0].tolist()) == ({-1, 0, 1} if pairs else {-1, 0})
     ids, r, _ = mix.ssmix(batch["input_ids"], I, segments, share=0.5)
     assert torch.equal(ids[special], batch["input_ids"][special]) and (r > 0).any()
@@ -2214,21 +2222,8 @@ def test_no_family_s_mask_touches_its_special_tokens_or_padding(family, pairs, t
     texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
              ("how many", "the world is called the world"), ("where is the river", "in it")]
     examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
-    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
-    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
-    special = torch.isin(batch["input_ids"], torch.tensor(specials))   # (B, N)
-    assert (batch["attention_mask"] == 0).any() and special[:, 0].all()
-    ordinary = mix.ordinary_tokens(batch)
-    assert torch.equal(ordinary, ~special)
-    B, N = batch["input_ids"].shape
-    torch.manual_seed(0)
-    x = torch.randn(B, N, 32)
-    I = torch.rand(B, N, 32) + 100 * special[..., None]   # the specials, by far the most salient
-    for window in patches.WINDOWS:
-        n, d = patches.window_shape(window, N, 32, n=2)
-        mixed, r = mix.dropmix(x, I, ordinary, n, d, torch.ones(B))
-        assert torch.equal(mixed[special], x[special]) and (r > 0).all(), window
-        assert not torch.equal(mixed, x), window
+    assert_mask_spares_specials(tokenizer, data.make_collate(tokenizer)(
+        data.encode(examples, tokenizer, 32)))
 
 
 @needs_data
