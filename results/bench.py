@@ -182,6 +182,12 @@ def mask_inputs(B: int, N: int, D: int):
             torch.randint(2, N + 1, (B,)))
 
 
+def mask_windows(variant: str, N: int, D: int) -> list[tuple[int, int]]:
+    """The windows a mask table times for `variant`: W's and G's at n = 2, 5, ..., 32."""
+    heights = range(2, 33, 3) if variant in ("W", "G") else [None]
+    return [patches.window_shape(variant, N, D, n=h) for h in heights]
+
+
 def seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
     fn()
     start = now(device)
@@ -203,8 +209,7 @@ def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu")) ->
         I, lam, lengths = (t.to(device) for t in mask_inputs(B, N, D))
         times = {}
         for variant in patches.WINDOWS:
-            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
-            shapes = [patches.window_shape(variant, N, D, n=h) for h in heights]
+            shapes = mask_windows(variant, N, D)
             times[variant] = statistics.mean(
                 seconds(lambda: patches.patch_mask(I, n, d, lam, lengths), repeats, device)
                 for n, d in shapes)
@@ -248,8 +253,7 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
     for B, N, D in shapes:
         I, lam, lengths = mask_inputs(B, N, D)
         for variant in patches.WINDOWS:
-            heights = range(2, 33, 3) if variant in ("W", "G") else [None]
-            windows = [patches.window_shape(variant, N, D, n=h) for h in heights]
+            windows = mask_windows(variant, N, D)
             same = all(torch.equal(before.patch_mask(I, n, d, lam, lengths),
                                    patches.patch_mask(I, n, d, lam, lengths)) for n, d in windows)
             runs: dict[tuple, list[float]] = collections.defaultdict(list)
