@@ -2508,6 +2508,22 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     assert readme.read_text() == f"{grid.START}\n{grid.END}\n"
 
 
+def test_grid_only_picks_runs_by_task_and_name(tmp_path, monkeypatch, capsys):
+    fake_result(tmp_path / "trec", "dropout-a--f1-e3-s1-mpnet", "dropout", 1, 0.95)
+    def grid_main(*argv):
+        monkeypatch.setattr(sys, "argv", ["grid.py", "--results-root", str(tmp_path), *argv])
+        return grid.main()
+    assert grid_main("--list", "--only", "s1-mpnet") == 0
+    assert capsys.readouterr().out.splitlines() == ["done trec/dropout-a--f1-e3-s1-mpnet",
+                                                    "todo trec/G-a0.25-f1-e3-s1-mpnet"]
+    assert grid_main("--list", "--only", "rte/G-a0.25-f1-e10") == 0
+    assert capsys.readouterr().out.split() == ["todo", "rte/G-a0.25-f1-e10-s1", "todo",
+                                               "rte/G-a0.25-f1-e10-s2", "todo", "rte/G-a0.25-f1-e10-s3"]
+    assert grid_main("--only", "s4-mpnet") == 2  # a typo runs nothing and says so
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "no run" in captured.err
+
+
 @needs_data
 def test_grid_skips_finished_runs_and_resumes_an_interrupted_one(tiny_bert, tmp_path):
     runs = [grid.Run("dropout", None, 0.0118, 2, 1), grid.Run("G", 0.25, 0.0118, 2, 1)]

@@ -7,6 +7,7 @@ last epoch checkpoint, so the grid can be stopped and restarted at any moment.
     python results/grid.py            # run (or continue) the whole grid
     python results/grid.py --list     # what is done and what is left
     python results/grid.py --readme   # the tables into results/README.md and README.md
+    python results/grid.py --only s1-mpnet   # only the runs whose TASK/NAME holds this text
 
 Each finished run's results.json is copied, atomically, to results/TASK/NAME.json;
 results/summary.py turns those files into the tables.
@@ -180,12 +181,20 @@ def main() -> int:
                         help="finished result files go to RESULTS_ROOT/TASK/NAME.json")
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "grid"),
                         help="where runs keep checkpoints and logs while they run")
+    parser.add_argument("--only", metavar="TEXT", default="",
+                        help="run (or --list) only the runs whose TASK/NAME contains TEXT, "
+                             "e.g. 'rte/' or 's1-mpnet'")
     parser.add_argument("--readme", action="store_true",
                         help="run nothing; regenerate the tables and curves from the result files "
                              "and write them into the results blocks of results/README.md and "
                              "README.md")
     args = parser.parse_args()
     runs, results_root = plan(), Path(args.results_root)
+    chosen = [run for run in runs if args.only in f"{run.task}/{run.name}"]
+    if not chosen:
+        print(f"--only {args.only}: no run of the grid matches; --list shows their names.",
+              file=sys.stderr)
+        return 2
     if args.readme:
         error = update_readmes(results_root, runs, REPO / "results" / "README.md",
                                REPO / "README.md")
@@ -195,11 +204,11 @@ def main() -> int:
         print("updated results/README.md and README.md")
         return 0
     if args.list:
-        for run in runs:
+        for run in chosen:
             done = (results_root / run.task / f"{run.name}.json").exists()
             print(("done " if done else "todo ") + f"{run.task}/{run.name}")
         return 0
-    run_grid(runs, results_root, Path(args.work_dir))
+    run_grid(chosen, results_root, Path(args.work_dir))
     return 0
 
 
