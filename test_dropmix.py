@@ -2308,6 +2308,11 @@ def test_summary_longer_schedule_table_and_epoch_plot(tmp_path):
     assert table.splitlines()[2] == (f"| {tmp_path.name} | +0.50 (+2.00, -1.00) | +3.00 (+5.00, "
                                      "+1.00) | +0.00 (+1.00, -1.00) | +2.50 (+4.00, +1.00) | 2 "
                                      "| 0.33 / 0.67 |")
+    # G a seed behind C, as while the grid runs: the seeds column counts each
+    g10 = (tmp_path / "g10-2.json").read_text()
+    (tmp_path / "g10-2.json").unlink()
+    assert " | C 2, G 1 | " in summary.schedule_table([tmp_path], 3, 10).splitlines()[2]
+    (tmp_path / "g10-2.json").write_text(g10)
     png = tmp_path / "long.png"
     assert summary.plot_epochs([tmp_path], 10, 3, png) == f"wrote {png}"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -401,17 +401,21 @@ def schedule_table(folders: list[Path], short: int, long: int) -> str:
         at_short, at_long = full_set_cells(folder, short), full_set_cells(folder, long)
         if not any(v in at_long for v in ("C", "G")) or "dropout" not in at_short:
             continue
-        gaps, seeds = [], set()
+        gaps, seeds = [], {"C": set(), "G": set()}
         for baseline in (at_short["dropout"], at_long.get("dropout")):
             for variant in ("C", "G"):
                 gap = (gap_to_dropout(at_long[variant], baseline)
                        if variant in at_long and baseline is not None else None)
                 gaps.append(format_gap(gap))
-                seeds |= set(gap[1]) if gap else set()
+                seeds[variant] |= set(gap[1]) if gap else set()
+        # one count when C and G share it, else each (a grid still running: G a seed behind C)
+        counts = {variant: len(s) for variant, s in seeds.items() if s}
+        count = (str(next(iter(counts.values()))) if len(set(counts.values())) == 1
+                 else ", ".join(f"{variant} {n}" for variant, n in counts.items()))
         spreads = [seed_spread([c for c in [dropout, at_long.get("C"), at_long.get("G")] if c])
                    for dropout in (at_short["dropout"], at_long.get("dropout"))]
         spread = " / ".join(f"{x:.2f}" if x is not None else "–" for x in spreads)
-        out.append(f"| {folder.name} | {' | '.join(gaps)} | {len(seeds)} | {spread} |")
+        out.append(f"| {folder.name} | {' | '.join(gaps)} | {count} | {spread} |")
     return "\n".join(out) + "\n"
 
 
