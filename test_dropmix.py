@@ -2276,8 +2276,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: float,
                 fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5,
-                empty: dict | None = None) -> None:
-    config = {"task": "trec", "model": "all-MiniLM-L6-v2", "train_fraction": fraction,
+                empty: dict | None = None, model: str = "all-MiniLM-L6-v2") -> None:
+    config = {"task": "trec", "model": model, "train_fraction": fraction,
               "epochs": epochs, "variant": variant, "alpha": alpha, "seed": seed, "lr": lr}
     results = {"config": config, "final": {"accuracy": accuracy},
                "epochs": [{"mean_label_weight": 0.25 if alpha else None, **(empty or {})}],
@@ -2490,6 +2490,10 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     fake_result(root / "trec", "G-a0.25-f1-e3-s1", "G", 1, 0.97, alpha=0.25)
     fake_result(root / "trec", "G-a0.25-f1-e3-s2", "G", 2, 0.95, alpha=0.25)
     fake_result(root / "trec", "d-10", "dropout", 1, 0.90, fraction=0.1, epochs=30)
+    # a paper-sized encoder given as a folder: "/root/..." sorts before "all-MiniLM-L6-v2"
+    mpnet = "/root/.cache/dropmix/all-mpnet-base-v2"
+    fake_result(root / "trec", "dropout-mpnet", "dropout", 1, 0.96, model=mpnet)
+    fake_result(root / "trec", "G-mpnet", "G", 1, 0.97, alpha=0.25, model=mpnet)
     (root / "rte").mkdir()  # the grid's next task: its first run started, none finished
     readme, main_readme = tmp_path / "results-README.md", tmp_path / "README.md"
     for path in (readme, main_readme):
@@ -2500,8 +2504,13 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
         assert written.startswith("# intro\n") and written.endswith(f"{grid.END}\n## after\n")
         assert "old table" not in written and "4 of the grid's 159 runs are finished" in written
         assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in written
-        assert "| trec (3 epochs) | – | +2.00 | 2 | 2.00 |" in written  # G - dropout: 2, 2
+        # the default encoder's rows first, the other encoder's after them, named
+        assert ("| trec (3 epochs) | – | +2.00 | 2 | 2.00 |\n"  # G - dropout: 2, 2
+                "| trec (3 epochs, all-mpnet-base-v2) | – | +1.00 | 1 | – |") in written
     assert "10% of the training set" in text and "10% of the training set" not in main_text
+    # README's table is Table 3's setting (the default encoder), results/README has both
+    assert main_text.index("encoder all-MiniLM-L6-v2**") < main_text.index("| G | 0.25 | 96.00")
+    assert "encoder all-mpnet-base-v2**" in text and "encoder all-mpnet-base-v2**" not in main_text
     # no markers: one sentence, and the file is left as it was
     main_readme.write_text("# no block here\n")
     assert "needs one" in grid.update_readmes(root, grid.plan(), readme, main_readme)

@@ -264,12 +264,19 @@ def format_curve(lines: dict[tuple, list]) -> list[str]:
     return out
 
 
+def setting_order(setting: tuple, cells: dict[tuple, Cell]) -> tuple:
+    """Where a setting's table goes: by task, the default encoder's before any other (a folder
+    path such as /root/... would sort before "all-MiniLM-..."), then settings with more variants
+    first (Table 3's), the larger share of the training set first, then the fewer epochs."""
+    task, model, fraction, epochs = setting
+    return task, model != data.DEFAULT_MODEL, model, -len({v for v, _ in cells}), -fraction, epochs
+
+
 def format_tables(settings: dict[tuple, dict[tuple, Cell]], lines: dict[tuple, list]) -> str:
-    """The summary in Markdown: per setting, mean +- std (sample std over seeds) per variant,
-    settings with more variants first (Table 3's), then the numbers of the curve's `lines`."""
+    """The summary in Markdown: per setting (in setting_order), mean +- std (sample std over
+    seeds) per variant, then the numbers of the curve's `lines`."""
     out = []
-    for setting in sorted(settings, key=lambda s: (s[0], s[1], -len({v for v, _ in settings[s]}),
-                                                    -s[2], s[3])):
+    for setting in sorted(settings, key=lambda s: setting_order(s, settings[s])):
         out += format_setting(setting, settings[setting])
     return "\n".join(out + format_curve(lines))
 
@@ -338,7 +345,9 @@ def cross_task_table(folders: list[Path]) -> str:
     out = ["| task | C - dropout | G - dropout | seeds | spread over seeds |", "|---|---|---|---|---|"]
     means: dict[str, dict[str, list[float]]] = {}  # setting -> variant -> the tasks' gaps
     for folder in folders:
-        for (task, model, fraction, epochs), cells in sorted(collect_results(folder).items()):
+        settings = collect_results(folder)
+        for task, model, fraction, epochs in sorted(settings, key=lambda s: setting_order(s, {})):
+            cells = settings[(task, model, fraction, epochs)]
             shown = {variant: cell for variant, (_, cell) in main_cells(cells).items()}
             if fraction != 1.0 or "dropout" not in shown:
                 continue
