@@ -2313,6 +2313,14 @@ def test_summary_longer_schedule_table_and_epoch_plot(tmp_path):
     (tmp_path / "g10-2.json").unlink()
     assert " | C 2, G 1 | " in summary.schedule_table([tmp_path], 3, 10).splitlines()[2]
     (tmp_path / "g10-2.json").write_text(g10)
+    # the figure's numbers: a row per variant and seed, every epoch (final - 0.01 * epochs left)
+    rows = summary.epoch_table([tmp_path], 10).splitlines()
+    assert rows[0] == "| task | variant | seed | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 |"
+    assert [row.split(" | ")[1:3] for row in rows[2:]] == [
+        ["dropout", "1"], ["dropout", "2"], ["C", "1"], ["C", "2"], ["G", "1"], ["G", "2"]]
+    assert rows[6] == (f"| {tmp_path.name} | G | 1 | 86.0 | 87.0 | 88.0 | 89.0 | 90.0 | 91.0 "
+                       "| 92.0 | 93.0 | 94.0 | 95.0 |")
+    assert summary.epoch_table([tmp_path], 12).count("\n") == 2  # no 12-epoch run: no rows
     png = tmp_path / "long.png"
     assert summary.plot_epochs([tmp_path], 10, 3, png) == f"wrote {png}"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -2508,6 +2516,17 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
         assert ("| trec (3 epochs) | – | +2.00 | 2 | 2.00 |\n"  # G - dropout: 2, 2
                 "| trec (3 epochs, all-mpnet-base-v2) | – | +1.00 | 1 | – |") in written
     assert "10% of the training set" in text and "10% of the training set" not in main_text
+    assert "after each epoch" not in text  # no 10-epoch run yet: no per-epoch table
+    # a 10-epoch run: its epochs in results/README.md's per-epoch table, not in README.md
+    fake_result(root / "trec", "dropout-a--f1-e10-s1", "dropout", 1, 0.97, epochs=10)
+    path = root / "trec" / "dropout-a--f1-e10-s1.json"
+    results = json.loads(path.read_text())
+    results["final"]["split"] = "test"
+    results["epochs"] = [{"test": {"accuracy": 0.88 + 0.01 * k}} for k in range(10)]
+    path.write_text(json.dumps(results))
+    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
+    row = "| trec | dropout | 1 | " + " | ".join(f"{88 + k}.0" for k in range(10)) + " |"
+    assert row in readme.read_text() and row not in main_readme.read_text()
     # README's table is Table 3's setting (the default encoder), results/README has both
     assert main_text.index("encoder all-MiniLM-L6-v2**") < main_text.index("| G | 0.25 | 96.00")
     assert "encoder all-mpnet-base-v2**" in text and "encoder all-mpnet-base-v2**" not in main_text

@@ -138,6 +138,7 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
         tables = {folder.name: summary.summarize(folder, EPOCHS) for folder in folders}
         cross = summary.cross_task_table(folders)
         schedule = summary.schedule_table(folders, EPOCHS[1.0], LONG_EPOCHS)
+        by_epoch = summary.epoch_table(folders, LONG_EPOCHS)
         figure = readme.resolve().parent / "long-schedule.png"
         print(summary.plot_epochs(folders, LONG_EPOCHS, EPOCHS[1.0], figure))
     except summary.UsageError as error:
@@ -167,6 +168,9 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
         return [longer] + ([f"![{alt}]({link})"] if figure.exists() else [])
 
     block += longer_schedule(readme)
+    if by_epoch.count("\n") > 2:  # the figure's numbers, in results/README.md only
+        block.append(f"**Held-out accuracy (%) after each epoch, {LONG_EPOCHS}-epoch runs** (the "
+                     "figure's numbers; the last column is the one reported)\n\n" + by_epoch.strip())
     first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
     main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross.strip()]
     main_block += longer_schedule(main_readme)

@@ -428,6 +428,21 @@ def schedule_table(folders: list[Path], short: int, long: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def epoch_table(folders: list[Path], long: int,
+                variants: tuple[str, ...] = ("dropout", "C", "G")) -> str:
+    """The numbers behind plot_epochs: each `long`-epoch run's held-out accuracy (%) after every
+    epoch, a row per task, variant and seed ("–" for an epoch a run has not recorded)."""
+    out = ["| task | variant | seed | " + " | ".join(map(str, range(1, long + 1))) + " |",
+           "|---|---|---|" + "---|" * long]
+    for folder in folders:
+        cells = full_set_cells(folder, long)
+        for variant in (v for v in variants if v in cells):
+            for seed, curve in sorted(zip(cells[variant].seeds, cells[variant].by_epoch)):
+                row = [f"{accuracy:.1f}" for accuracy in curve] + ["–"] * (long - len(curve))
+                out.append(f"| {folder.name} | {variant} | {seed} | " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
 def plot_epochs(folders: list[Path], long: int, short: int, path: Path,
                 variants: tuple[str, ...] = ("dropout", "C", "G")) -> str:
     """Held-out accuracy against the epoch of the `long` runs, one panel per task: the mean
