@@ -7,7 +7,9 @@ Per folder: one table per setting (task, encoder, share of the training set, epo
 +- std over seeds per variant, at its default alpha, beside the paper's bert-base number where
 Table 3 has one; each variant's gap to dropout, seed by seed; one table per alpha sweep; and the
 numbers and plot of the sparse-data curve (section 5.5, Figure 2). Across folders: DropMix-C's
-and -G's gap to dropout per task, on the full training set.
+and -G's gap to dropout per task, on the full training set; and the longer schedule (section
+5.3): C and G trained longer against dropout at 3 epochs and as long, with the accuracy after
+every epoch as a table and a plot.
 """
 from __future__ import annotations
 
