@@ -2276,12 +2276,18 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def fake_result(folder: Path, name: str, variant: str, seed: int, accuracy: float,
                 fraction: float = 1.0, epochs: int = 3, alpha=None, lr: float = 2e-5,
-                empty: dict | None = None, model: str = "all-MiniLM-L6-v2") -> None:
+                empty: dict | None = None, model: str = "all-MiniLM-L6-v2",
+                by_epoch: list[float] | None = None) -> None:
+    """A results file of train.py; `by_epoch`: the test accuracy after every epoch, recorded
+    as train.py records it (the reported split named in "final")."""
     config = {"task": "trec", "model": model, "train_fraction": fraction,
               "epochs": epochs, "variant": variant, "alpha": alpha, "seed": seed, "lr": lr}
     results = {"config": config, "final": {"accuracy": accuracy},
                "epochs": [{"mean_label_weight": 0.25 if alpha else None, **(empty or {})}],
                "environment": {"commit": "abc123"}, "timing": {"train_seconds": 1800.0}}
+    if by_epoch is not None:
+        results["final"]["split"] = "test"
+        results["epochs"] = [{"test": {"accuracy": a}} for a in by_epoch]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(results))
 
@@ -2290,13 +2296,8 @@ def test_summary_longer_schedule_table_and_epoch_plot(tmp_path):
     # dropout at 3 epochs; dropout, C and G at 10, two seeds each, every epoch recorded
     def run(name, variant, seed, final, epochs=10):
         fake_result(tmp_path, name, variant, seed, final, epochs=epochs,
-                    alpha=None if variant == "dropout" else 0.25)
-        path = tmp_path / f"{name}.json"
-        results = json.loads(path.read_text())
-        results["final"]["split"] = "test"
-        results["epochs"] = [{"test": {"accuracy": final - 0.01 * (epochs - k)}}
-                             for k in range(1, epochs + 1)]
-        path.write_text(json.dumps(results))
+                    alpha=None if variant == "dropout" else 0.25,
+                    by_epoch=[final - 0.01 * (epochs - k) for k in range(1, epochs + 1)])
     for seed, (d3, d10, c10, g10) in {1: (0.90, 0.91, 0.92, 0.95), 2: (0.92, 0.92, 0.91, 0.93)}.items():
         run(f"d3-{seed}", "dropout", seed, d3, epochs=3)
         run(f"d10-{seed}", "dropout", seed, d10)
@@ -2516,20 +2517,16 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
         assert ("| trec (3 epochs) | – | +2.00 | 2 | 2.00 |\n"  # G - dropout: 2, 2
                 "| trec (3 epochs, all-mpnet-base-v2) | – | +1.00 | 1 | – |") in written
     assert "10% of the training set" in text and "10% of the training set" not in main_text
-    assert "after each epoch" not in text  # no 10-epoch run yet: no per-epoch table
-    # a 10-epoch run: its epochs in results/README.md's per-epoch table, not in README.md
-    fake_result(root / "trec", "dropout-a--f1-e10-s1", "dropout", 1, 0.97, epochs=10)
-    path = root / "trec" / "dropout-a--f1-e10-s1.json"
-    results = json.loads(path.read_text())
-    results["final"]["split"] = "test"
-    results["epochs"] = [{"test": {"accuracy": 0.88 + 0.01 * k}} for k in range(10)]
-    path.write_text(json.dumps(results))
-    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
-    row = "| trec | dropout | 1 | " + " | ".join(f"{88 + k}.0" for k in range(10)) + " |"
-    assert row in readme.read_text() and row not in main_readme.read_text()
     # README's table is Table 3's setting (the default encoder), results/README has both
     assert main_text.index("encoder all-MiniLM-L6-v2**") < main_text.index("| G | 0.25 | 96.00")
     assert "encoder all-mpnet-base-v2**" in text and "encoder all-mpnet-base-v2**" not in main_text
+    assert "after each epoch" not in text  # no 10-epoch run yet: no per-epoch table
+    # a 10-epoch run: its epochs in results/README.md's per-epoch table, not in README.md
+    fake_result(root / "trec", "dropout-a--f1-e10-s1", "dropout", 1, 0.97, epochs=10,
+                by_epoch=[0.88 + 0.01 * k for k in range(10)])
+    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
+    row = "| trec | dropout | 1 | " + " | ".join(f"{88 + k}.0" for k in range(10)) + " |"
+    assert row in readme.read_text() and row not in main_readme.read_text()
     # no markers: one sentence, and the file is left as it was
     main_readme.write_text("# no block here\n")
     assert "needs one" in grid.update_readmes(root, grid.plan(), readme, main_readme)

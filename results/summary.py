@@ -348,8 +348,8 @@ def cross_task_table(folders: list[Path]) -> str:
     means: dict[str, dict[str, list[float]]] = {}  # setting -> variant -> the tasks' gaps
     for folder in folders:
         settings = collect_results(folder)
-        for task, model, fraction, epochs in sorted(settings, key=lambda s: setting_order(s, {})):
-            cells = settings[(task, model, fraction, epochs)]
+        for (task, model, fraction, epochs), cells in sorted(settings.items(),
+                                                             key=lambda item: setting_order(*item)):
             shown = {variant: cell for variant, (_, cell) in main_cells(cells).items()}
             if fraction != 1.0 or "dropout" not in shown:
                 continue
