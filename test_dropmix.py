@@ -2815,6 +2815,20 @@ def test_benchmark_times_every_variant_and_the_literal_step(tiny_bert, capsys):
             assert float(row[6]) > 0
 
 
+@needs_data
+def test_benchmark_times_only_the_variants_asked_for_and_dropout(tiny_bert, capsys):
+    assert bench.main(["--task", "trec", "--steps", "1", "--model", str(tiny_bert),
+                       "--data-dir", str(DATA), "--device", "cpu", "--variants", "G,C"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")][1:]
+    # dropout comes along as the baseline of "x dropout"; the order is train.VARIANTS'
+    assert [row[0][2:] for row in rows] == ["dropout", "C", "G"]
+    for bad in ("G,Z", ",", "g"):
+        assert bench.main(["--variants", bad, "--data-dir", str(DATA)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: argument --variants") and err.count("\n") == 1
+
+
 def test_benchmark_bert_base_shape_is_the_papers(tiny_bert, tmp_path):
     # a folder with a tokenizer and no weights is enough (a GPU machine gets no checkpoint)
     for name in os.listdir(tiny_bert):

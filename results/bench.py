@@ -51,6 +51,17 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def variant_list(text: str) -> list[str]:
+    """--variants: names from train.VARIANTS, comma-separated; dropout is always timed, as the
+    baseline of the "x dropout" columns."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in train.VARIANTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected names from {', '.join(train.VARIANTS)}, got {text!r}")
+    return [name for name in train.VARIANTS if name in names or name == "dropout"]
+
+
 def now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,7 +126,7 @@ def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
 
 
 def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> list[dict]:
-    """Time every variant on the same batches; returns one row per (variant, precision)."""
+    """Time the variants of --variants on the same batches; one row per (variant, precision)."""
     device = train.parse_device(args.device)
     torch.manual_seed(0)
     task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
@@ -134,7 +145,7 @@ def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> lis
     configs = {(variant, bf16): train.configs_from_args(train.build_parser().parse_args(
                    ["--task", args.task, "--variant", variant, "--batch-size", str(args.batch_size)]
                    + ["--bf16"] * bf16))[0]
-               for bf16 in precisions for variant in train.VARIANTS}
+               for bf16 in precisions for variant in args.variants}
     optimizer, _ = train.build_optimizer(model, configs[("dropout", False)], 10**6)
     timings: dict[tuple, list] = {key: [] for key in configs}
     for key, config in configs.items():  # warm-up: allocations, caches
@@ -287,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
     p.add_argument("--steps", type=positive_int, default=30,
                    help="timed steps per variant, over three rounds")
+    p.add_argument("--variants", type=variant_list, default=list(train.VARIANTS),
+                   metavar="V1,V2", help="the variants to time, comma-separated (dropout always)")
     p.add_argument("--shape", choices=("model", "bert-base"), default="model",
                    help="time --model, or bert-base's shape with random weights")
     p.add_argument("--model", default=data.DEFAULT_MODEL, help="encoder, as train.py takes it")
