@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=sorted(data.TASKS), default="trec", help="whose batches")
     p.add_argument("--steps", type=positive_int, default=30,
                    help="timed steps per variant, over three rounds")
-    p.add_argument("--variants", type=variant_list, default=list(train.VARIANTS),
+    p.add_argument("--variants", type=variant_list, default=",".join(train.VARIANTS),
                    metavar="V1,V2", help="the variants to time, comma-separated (dropout always)")
     p.add_argument("--shape", choices=("model", "bert-base"), default="model",
                    help="time --model, or bert-base's shape with random weights")
