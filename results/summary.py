@@ -22,8 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
 
-import data  # noqa: E402
-from train import VARIANTS, UsageError  # noqa: E402
+from train import DEFAULT_MODEL, VARIANTS, UsageError, replace_atomically  # noqa: E402
 
 # Table 3 of the paper (bert-base-uncased, 5 seeds), for orientation beside our numbers, which
 # come from another encoder. Its rows are train.VARIANTS, in that order.
@@ -271,7 +270,7 @@ def setting_order(setting: tuple, cells: dict[tuple, Cell]) -> tuple:
     path such as /root/... would sort before "all-MiniLM-..."), then settings with more variants
     first (Table 3's), the larger share of the training set first, then the fewer epochs."""
     task, model, fraction, epochs = setting
-    return task, model != data.DEFAULT_MODEL, model, -len({v for v, _ in cells}), -fraction, epochs
+    return task, model != DEFAULT_MODEL, model, -len({v for v, _ in cells}), -fraction, epochs
 
 
 def format_tables(settings: dict[tuple, dict[tuple, Cell]], lines: dict[tuple, list]) -> str:
@@ -353,7 +352,7 @@ def cross_task_table(folders: list[Path]) -> str:
             shown = {variant: cell for variant, (_, cell) in main_cells(cells).items()}
             if fraction != 1.0 or "dropout" not in shown or not {"C", "G"} & shown.keys():
                 continue  # nothing to compare yet (e.g. dropout's run landed before G's)
-            label = f"{epochs} epochs" + ("" if model == data.DEFAULT_MODEL else f", {Path(model).name}")
+            label = f"{epochs} epochs" + ("" if model == DEFAULT_MODEL else f", {Path(model).name}")
             row, seeds = [], set()
             for variant in ("C", "G"):
                 gap = gap_to_dropout(shown[variant], shown["dropout"]) if variant in shown else None
@@ -380,7 +379,7 @@ def cross_task_table(folders: list[Path]) -> str:
 # (what Table 3 compares) and against dropout trained as long (the fair comparison)
 # ---------------------------------------------------------------------------------------------
 
-def full_set_cells(folder: Path, epochs: int, model: str = data.DEFAULT_MODEL) -> dict[str, Cell]:
+def full_set_cells(folder: Path, epochs: int, model: str = DEFAULT_MODEL) -> dict[str, Cell]:
     """{variant: cell} of a task folder's table on the full training set at `epochs`."""
     return {variant: cell
             for (_, m, fraction, e), cells in collect_results(folder).items()
@@ -495,7 +494,7 @@ def summarize(folder: Path, curve_epochs: dict[float, int] | None = None) -> str
     settings = collect_results(folder)
     lines = curve_points(settings, curve_epochs)
     tables = format_tables(settings, lines)
-    data.atomic_write(folder / "summary.md", tables)
+    replace_atomically(folder / "summary.md", lambda tmp: tmp.write_text(tables))
     print(f"wrote {folder / 'summary.md'}; " + plot_curve(lines, folder / "curve.png"))
     return tables
 
@@ -511,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summarize(folder))
         if args.cross_task is not None:
             table = cross_task_table(args.folders)
-            data.atomic_write(args.cross_task, table)
+            replace_atomically(Path(args.cross_task), lambda tmp: tmp.write_text(table))
             print(table + f"wrote {args.cross_task}")
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
