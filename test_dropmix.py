@@ -1957,6 +1957,28 @@ def test_readme_own_loop_snippet_runs_as_written(tiny_classifier):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_readme_own_loop_snippet_gives_the_literal_step_gradients(tiny_classifier, monkeypatch):
+    # The literal (grad L_clean + grad L_mixed) / 2 of the step test, against the snippet as
+    # written: a bug that both snippets share (the mixed loss not halved, the partner's labels
+    # rolled the wrong way) fails here, though the Trainer test would pass.
+    fixed_draws(monkeypatch.setattr)  # lam = TRAINER_LAM, n = 2, before the snippet imports them
+    namespace = readme_namespace("<!-- snippet:own-loop -->")
+    model, tokenizer = tiny_classifier
+    model.eval()  # no dropout: the snippet and the literal step see the same function
+    texts = ["what is the river ?", "who was the first president", "how many", "where is the city"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([0, 1, 2, 1])}  # no special_tokens_mask: a user's loader
+    recorder = GradientRecorder(model)
+    namespace["dropmix_step"](model, batch, recorder, tokenizer.all_special_ids)
+    (seen,) = recorder.grads
+    expected = literal_step_gradients(model, tiny_batch(tokenizer, texts, [0, 1, 2, 1]),
+                                      TRAINER_LAM, 2)
+    assert seen.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(seen[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    model.train()
+
+
 TRAINER_TEXTS = ["what is the river ?", "who was the first president", "how many",
                  "where is the city", "what is the name of the world", "why",
                  "when was the state called", "which country", "how much does the year mean",
