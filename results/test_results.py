@@ -331,7 +331,7 @@ def test_grid_plan_covers_the_issues():
     assert firsts == sorted(firsts)
 
 
-def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
+def test_grid_writes_the_tables_into_the_results_readme_block(tmp_path):
     root = tmp_path / "results"
     fake_result(root / "trec", "dropout-a--f1-e3-s1", "dropout", 1, 0.95)
     fake_result(root / "trec", "dropout-a--f1-e3-s2", "dropout", 2, 0.93)
@@ -343,37 +343,42 @@ def test_grid_writes_the_tables_into_both_readme_blocks(tmp_path):
     fake_result(root / "trec", "dropout-mpnet", "dropout", 1, 0.96, model=mpnet)
     fake_result(root / "trec", "G-mpnet", "G", 1, 0.97, alpha=0.25, model=mpnet)
     (root / "rte").mkdir()  # the grid's next task: its first run started, none finished
-    readme, main_readme = tmp_path / "results-README.md", tmp_path / "README.md"
-    for path in (readme, main_readme):
-        path.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")
-    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
-    text, main_text = readme.read_text(), main_readme.read_text()
-    for written in (text, main_text):
-        assert written.startswith("# intro\n") and written.endswith(f"{grid.END}\n## after\n")
-        assert "old table" not in written and "4 of the grid's 159 runs are finished" in written
-        assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in written
-        # the default encoder's rows first, the other encoder's after them, named
-        assert ("| trec (3 epochs) | – | +2.00 | 2 | 2.00 |\n"  # G - dropout: 2, 2
-                "| trec (3 epochs, all-mpnet-base-v2) | – | +1.00 | 1 | – |") in written
-    assert "10% of the training set" in text and "10% of the training set" not in main_text
-    # README's table is Table 3's setting (the default encoder), results/README has both
-    assert main_text.index("encoder all-MiniLM-L6-v2**") < main_text.index("| G | 0.25 | 96.00")
-    assert "encoder all-mpnet-base-v2**" in text and "encoder all-mpnet-base-v2**" not in main_text
+    readme = root / "README.md"
+    readme.write_text(f"# intro\n{grid.START}\nold table\n{grid.END}\n## after\n")
+    # a README beside the results folder, as the top-level one is: never written
+    beside = tmp_path / "README.md"
+    beside.write_text(f"# top\n{grid.START}\nits own text\n{grid.END}\n")
+    assert grid.update_readme(root, grid.plan(), readme) is None
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{grid.END}\n## after\n")
+    assert "old table" not in text and "4 of the grid's 159 runs are finished" in text
+    assert "| G | 0.25 | 96.00 +- 1.41 | 2 | 0.250 | 97.92 |" in text
+    # the default encoder's rows first, the other encoder's after them, named
+    assert ("| trec (3 epochs) | – | +2.00 | 2 | 2.00 |\n"  # G - dropout: 2, 2
+            "| trec (3 epochs, all-mpnet-base-v2) | – | +1.00 | 1 | – |") in text
+    assert "10% of the training set" in text and "encoder all-mpnet-base-v2**" in text
     assert "after each epoch" not in text  # no 10-epoch run yet: no per-epoch table
-    # a 10-epoch run: its epochs in results/README.md's per-epoch table, not in README.md
+    # a 10-epoch run: its epochs in the per-epoch table; no G or C at 10 yet: no longer schedule
     fake_result(root / "trec", "dropout-a--f1-e10-s1", "dropout", 1, 0.97, epochs=10,
                 by_epoch=[0.88 + 0.01 * k for k in range(10)])
-    assert grid.update_readmes(root, grid.plan(), readme, main_readme) is None
+    assert grid.update_readme(root, grid.plan(), readme) is None
     row = "| trec | dropout | 1 | " + " | ".join(f"{88 + k}.0" for k in range(10)) + " |"
-    assert row in readme.read_text() and row not in main_readme.read_text()
+    text = readme.read_text()
+    assert row in text and "**The longer schedule" not in text
+    # G at 10 epochs too: the longer schedule's table
+    fake_result(root / "trec", "G-a0.25-f1-e10-s1", "G", 1, 0.98, epochs=10, alpha=0.25,
+                by_epoch=[0.89 + 0.01 * k for k in range(10)])
+    assert grid.update_readme(root, grid.plan(), readme) is None
+    assert "**The longer schedule: C and G at 10 epochs" in readme.read_text()
+    assert beside.read_text() == f"# top\n{grid.START}\nits own text\n{grid.END}\n"
     # no markers: one sentence, and the file is left as it was
-    main_readme.write_text("# no block here\n")
-    assert "needs one" in grid.update_readmes(root, grid.plan(), readme, main_readme)
-    assert main_readme.read_text() == "# no block here\n"
+    readme.write_text("# no block here\n")
+    assert "needs one" in grid.update_readme(root, grid.plan(), readme)
+    assert readme.read_text() == "# no block here\n"
     # results that must not be pooled: the summary's sentence, README untouched
     fake_result(root / "trec", "g3", "G", 2, 0.90, alpha=0.25)
     readme.write_text(f"{grid.START}\n{grid.END}\n")
-    assert "both seed 2" in grid.update_readmes(root, grid.plan(), readme, main_readme)
+    assert "both seed 2" in grid.update_readme(root, grid.plan(), readme)
     assert readme.read_text() == f"{grid.START}\n{grid.END}\n"
 
 
