@@ -6,7 +6,7 @@ last epoch checkpoint, so the grid can be stopped and restarted at any moment.
 
     python results/grid.py            # run (or continue) the whole grid
     python results/grid.py --list     # what is done and what is left
-    python results/grid.py --readme   # the tables into results/README.md and README.md
+    python results/grid.py --readme   # the tables into results/README.md
     python results/grid.py --only s1-mpnet   # only the runs whose TASK/NAME holds this text
 
 Each finished run's results.json is copied, atomically, to results/TASK/NAME.json;
@@ -127,11 +127,10 @@ def replace_block(readme: Path, block: str) -> str | None:
     return None
 
 
-def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readme: Path
-                   ) -> str | None:
+def update_readme(results_root: Path, runs: list[Run], readme: Path) -> str | None:
     """Regenerate every task's tables (results/summary.py) and put them, with the grid's
-    progress, into results/README.md's results block, and the first table of TREC (Table 3's
-    setting) with the cross-task table into README.md's. Returns an error sentence, or None."""
+    progress, into the results block of `readme` (results/README.md). Returns an error
+    sentence, or None."""
     # run_grid makes a task's folder when the task's first run starts; until that run has
     # finished the folder is empty, and the task has no table yet.
     folders = [results_root / task for task in TASKS if any((results_root / task).glob("*.json"))]
@@ -155,28 +154,18 @@ def update_readmes(results_root: Path, runs: list[Run], readme: Path, main_readm
             link = os.path.relpath(curve, readme.resolve().parent)
             block.append(f"![Test accuracy against the share of the training set]({link})")
     block.append("**C and G minus dropout on each task's full training set**\n\n" + cross.strip())
-    longer = (f"**The longer schedule: C and G at {LONG_EPOCHS} epochs against dropout at "
-              f"{EPOCHS[1.0]} (the paper's protocol) and at {LONG_EPOCHS} (the fair comparison)"
-              "**, mean minus mean and seed by seed, in points\n\n" + schedule.strip())
-
-    def longer_schedule(target: Path) -> list[str]:
-        """The longer schedule's table and its figure, linked from `target`'s folder; nothing
-        until a run of that schedule has finished."""
-        if schedule.count("\n") <= 2:
-            return []
-        link = os.path.relpath(figure, target.resolve().parent)
-        alt = f"Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs"
-        return [longer] + ([f"![{alt}]({link})"] if figure.exists() else [])
-
-    block += longer_schedule(readme)
-    if by_epoch.count("\n") > 2:  # the figure's numbers, in results/README.md only
+    if schedule.count("\n") > 2:  # the longer schedule's table and figure, once a run has finished
+        block.append(f"**The longer schedule: C and G at {LONG_EPOCHS} epochs against dropout at "
+                     f"{EPOCHS[1.0]} (the paper's protocol) and at {LONG_EPOCHS} (the fair "
+                     "comparison)**, mean minus mean and seed by seed, in points\n\n"
+                     + schedule.strip())
+        if figure.exists():
+            link = os.path.relpath(figure, readme.resolve().parent)
+            block.append(f"![Held-out accuracy against the epoch, {LONG_EPOCHS}-epoch runs]({link})")
+    if by_epoch.count("\n") > 2:  # the figure's numbers
         block.append(f"**Held-out accuracy (%) after each epoch, {LONG_EPOCHS}-epoch runs** (the "
                      "figure's numbers; the last column is the one reported)\n\n" + by_epoch.strip())
-    first_table = tables["trec"].split("\n\n**")[0] if "trec" in tables else ""
-    main_block = [status, first_table.strip(), "**C and G minus dropout, per task**\n\n" + cross.strip()]
-    main_block += longer_schedule(main_readme)
-    return (replace_block(readme, "\n\n".join(block))
-            or replace_block(main_readme, "\n\n".join(main_block)))
+    return replace_block(readme, "\n\n".join(block))
 
 
 def main() -> int:
@@ -191,8 +180,7 @@ def main() -> int:
                              "e.g. 'rte/' or 's1-mpnet'")
     parser.add_argument("--readme", action="store_true",
                         help="run nothing; regenerate the tables and curves from the result files "
-                             "and write them into the results blocks of results/README.md and "
-                             "README.md")
+                             "and write them into the results block of results/README.md")
     args = parser.parse_args()
     runs, results_root = plan(), Path(args.results_root)
     chosen = [run for run in runs if args.only in f"{run.task}/{run.name}"]
@@ -201,12 +189,11 @@ def main() -> int:
               file=sys.stderr)
         return 2
     if args.readme:
-        error = update_readmes(results_root, runs, REPO / "results" / "README.md",
-                               REPO / "README.md")
+        error = update_readme(results_root, runs, REPO / "results" / "README.md")
         if error:
             print(error, file=sys.stderr)
             return 2
-        print("updated results/README.md and README.md")
+        print("updated results/README.md")
         return 0
     if args.list:
         for run in chosen:
