@@ -393,21 +393,21 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
 
 
 def provenance(device: torch.device) -> dict:
-    """Versions, device and the git commit the code ran at, for results.json."""
-    def git(*command: str) -> str | None:
-        try:
-            return subprocess.run(["git", *command], cwd=Path(__file__).parent, timeout=10,
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+    """Versions, device and the git commit the code ran at (and whether files differed from
+    it), for results.json."""
+    git = ["git", "-C", str(Path(__file__).parent)]
+    try:
+        commit, changed = (subprocess.run(git + command, capture_output=True, text=True,
+                                          timeout=10).stdout.strip()
+                           for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "-uno"]))
+    except (OSError, subprocess.SubprocessError):  # no git, or not a clone
+        commit, changed = "", ""
     versions = {name: importlib.metadata.version(name)
                 for name in ("torch", "transformers", "scikit-learn")}
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, " \
-        f"{torch.get_num_threads()} threads)"
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
-            "device": str(device), "device_name": device_name, "python": platform.python_version(),
-            **versions}
+    return {"commit": commit or None, "dirty": bool(changed), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"{platform.machine()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)",
+            "python": platform.python_version(), **versions}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,13 +486,7 @@ def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
             source, config=config, ignore_mismatched_sizes=new_head, local_files_only=local)
     except Exception as error:  # noqa: BLE001
         raise DataError(f"cannot load the model {name!r}: {first_line(error)}.") from None
-    stray = [module_name for module_name, module in model.named_modules()
-             if isinstance(module, torch.nn.Dropout) and module.p != dropout]
-    if stray:  # a family whose layers read a field without "dropout" in its name
-        set_dropout(model, dropout)
-        print(f"note: {len(stray)} dropout layers of {name} (e.g. {stray[0]}) follow no config "
-              f"field; set to {dropout} here, but a reload of the saved model will not "
-              "restore that", flush=True)
+    set_dropout(model, dropout)  # also a layer that reads a field without "dropout" in its name
     return tokenizer, model
 
 
