@@ -117,18 +117,18 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
     budget = unit_budget(lam, L if budget_rows is None else budget_rows.to(dev, torch.long), D)
     # the example's rows p < L, (B, N, 1)
     rows = (torch.arange(N, device=dev) < L[:, None])[:, :, None]
-    # I with rows >= L zeroed: a window cut to L < n rows scores its L rows (float32)
-    I = saliency.float().masked_fill(~rows, 0.0)                    # (B, N, D)
+    # I, rows >= L zeroed so that a window cut to L < n rows scores its L rows (U cuts none)
+    I = saliency.float() if n == 1 else saliency.float().masked_fill(~rows, 0.0)   # (B, N, D)
     # F = || I[i:i+n, j:j+d] ||_2, section 4.1
     F = window_activation(I, n, d)                                  # (B, N-n+1, D-d+1)
     R, C = F.shape[1:]
-    # windows that fit the example: i + n <= L, or the one start i = 0 if L < n (cut)
-    fits = torch.arange(R, device=dev) <= (L - n).clamp(min=0)[:, None]   # (B, N-n+1)
+    # the example's windows: i + n <= L, or i = 0 cut to L rows if 0 < L < n; none if L = 0
+    fits = torch.arange(R, device=dev) < (L - n + 1).clamp(min=1).minimum(L)[:, None]  # (B, R)
     # eq. 4's order as one int64 key per window, larger = earlier: F's float32 bits (they rise
     # with F >= 0), then the reading index i * C + j reversed (earlier wins a tie); -1 = none
     S = (R * C - 1).bit_length()
     reading = torch.arange(R * C - 1, -1, -1, device=dev).view(R, C)   # (N-n+1, D-d+1)
-    key = F.view(torch.int32).long().bitwise_left_shift_(S).bitwise_or_(reading)
+    key = torch.add(reading, F.view(torch.int32), alpha=1 << S)     # bits * 2^S + reading
     key.masked_fill_(~fits[:, :, None], -1)                         # (B, N-n+1, D-d+1)
     # eq. 3 read backwards: u = (p, q) lies in f(i, j) for p - n < i <= p, q - d < j <= q, so
     # best(u) is a sliding max of the keys over n rows and d channels, framed in -1 (no window).
@@ -139,14 +139,15 @@ def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor
         best = torch.nn.functional.pad(best, (0, 0, n - 1, n - 1), value=-1).unfold(1, n, 1).amax(-1)
     if 1 < d < D:
         best = torch.nn.functional.pad(best, (d - 1, d - 1), value=-1).unfold(2, d, 1).amax(-1)
-    if n < N:  # rows >= L hold no unit of the example: no key
+    if 1 < n < N:  # a cut window reaches rows >= L, which hold no unit of the example
         best = best.masked_fill(~rows, -1)                          # (B, N, D or 1)
     # units that each entry of best stands for: 1, or L down a column (C), or D along a row (W)
     per_entry = (L.clamp(min=1) if n == N else torch.ones_like(L)) * (D if d == D else 1)
     # t = the (budget + 1)-th largest best(u) of the example's units, -1 if there are fewer
     t = kth_largest(best.reshape(B, -1), budget // per_entry, bits=31 + S)   # (B,)
     # eq. 4: M = U_{(i,j) in K} f(i, j) = {u : best(u) > t}, within the example's rows
-    return (best > t[:, None, None]).expand(B, N, D) & rows          # (B, N, D)
+    M = (best > t[:, None, None]).expand(B, N, D)                   # (B, N, D)
+    return M & rows if n == N else M                # (else rows >= L hold -1, never > t)
 
 
 def kth_largest(keys: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
@@ -161,7 +162,7 @@ def kth_largest(keys: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
     them go to the first slot, keys above to the last), and so on to the last digit. Each
     digit is a few passes over the keys; a sort of them costs 3-8x more on a CPU."""
     B, K = keys.shape
-    levels = -(-bits // max(8, min(16, K.bit_length())))   # fewer slots where rows are short
+    levels = -(-bits // 12)           # digits of at most 12 bits: small histograms, in cache
     w = -(-bits // levels)                                   # digit width in bits
     size = (1 << w) + 2                                      # slots: below, 2^w digits, above
     below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
