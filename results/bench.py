@@ -286,7 +286,7 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
            f"| shape (B, N, D) | variant | {label} ms | now ms | speed-up | {label} CPU ms "
            "| now CPU ms | CPU speed-up | same M |", "|---|---|---|---|---|---|---|---|---|"]
     for shape, (I, lam, lengths) in zip(shapes, mask_cases(shapes, data_dir)):
-        (B, N, D), name = I.shape, "TREC " * (shape == "trec")
+        (B, N, D), what = I.shape, "TREC " * (shape == "trec")
         for variant in patches.WINDOWS:
             windows = mask_windows(variant, N, D)
             same = all(torch.equal(before.patch_mask(I, n, d, lam, lengths),
@@ -304,7 +304,7 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
             for clock in (time.perf_counter, time.process_time):
                 old, new = ms["before", clock], ms["now", clock]
                 cells += [f"{old:.2f}", f"{new:.2f}", f"{old / new:.2f}x"]
-            out.append(f"| {name}{B}, {N}, {D} | {variant} | " + " | ".join(cells)
+            out.append(f"| {what}{B}, {N}, {D} | {variant} | " + " | ".join(cells)
                        + f" | {'yes' if same else 'NO'} |")
     return "\n".join(out)
 
