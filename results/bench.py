@@ -349,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mask:
         try:
             device = train.parse_device(args.device)
-            table = mask_table(device=device, data_dir=args.data_dir)
+            # a GPU machine holds no pretrained weights (results/gpu_check.sh): random maps only
+            shapes = MASK_SHAPES if device.type == "cpu" else MASK_SHAPES[1:]
+            table = mask_table(device=device, shapes=shapes, data_dir=args.data_dir)
         except (train.UsageError, data.DataError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
