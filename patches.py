@@ -3,255 +3,76 @@
 Paper: Kong et al., "DropMix: A Textual Data Augmentation Combining Dropout with Mixup",
 EMNLP 2022. This file is sections 4.1 (windows, eq. 3 and eq. 4) and 4.2 (window settings).
 
-    I  (B, N, D)   saliency map of the word embeddings X_A, one value per unit (token p, channel q)
-    F  (B, N-n+1, D-d+1)   window activation: the L2 norm of every n x d window of I, stride 1
-    M  (B, N, D)   0/1 mask: 1 on the units replaced by X_B (eq. 2: X~ = (1 - M) * X_A + M * X_B)
+    I  (B, N, D)          saliency map of X_A: a value per unit (token row p, channel q)
+    F  (B, N-n+1, D-d+1)  window activation: the L2 norm of every n x d window of I
+    M  (B, N, D)          0/1 mask, 1 on the units replaced by X_B (eq. 2)
 
-Eq. 4 as this file reads it: windows are taken in descending F, ties in reading order (lower
-token row first, then lower channel), as a stable sort lists them; M is the union of the
-longest prefix of that order whose union has at most floor(lam * N * D) units ("=" read as
-"at most": whole windows rarely land on the budget). `literal_patch_mask` does that with
-loops; `patch_mask` gives the same M for a whole batch: no sort of the windows, no loop over
-the examples, no host sync (shapes and branches follow python ints, never values). Imports
-torch alone, so it can be copied into another project on its own.
+Eq. 4 as this file reads it. List the windows (i, j) in descending F, ties in reading order
+(lower row i first, then lower channel j), as a stable sort lists them. M is the union of the
+longest prefix of that list whose union holds at most floor(lam N D) units: "=" is read as
+"at most", since whole windows rarely land on the budget exactly. Only windows inside the
+example's L rows count (i + n <= L); a window taller than the example is cut to its L rows.
+`literal_patch_mask` does this with loops; `patch_mask` gives the same M for a whole batch.
 """
-from __future__ import annotations
-
 import torch
 
-# Section 5.3: "we set n in [2, 32] for DropMix-W and DropMix-G".
-N_RANGE = (2, 32)
 
-
-# ---------------------------------------------------------------------------------------------
 # Section 4.1: the window activation F and the index mapping f (eq. 3)
-# ---------------------------------------------------------------------------------------------
-
-def _box_sum(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Sum of every run of `size` consecutive entries along `dim` (stride 1). unfold + sum adds
-    each window directly: no cumulative sums (no cancellation after large entries), and on a
-    CPU 20-40x faster than avg_pool2d. Separable: an n x d window is two 1-D passes."""
-    return x if size == 1 else x.unfold(dim, size, 1).sum(-1)
-
 
 def window_activation(saliency: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """Section 4.1: slide an n x d window (stride 1) over I, (B, N, D), and take each window's
-    L2 norm: F, (B, N - n + 1, D - d + 1), F[b, i, j] = || I[b, i:i+n, j:j+d] ||_2."""
+    """F[b, i, j] = || I[b, i:i+n, j:j+d] ||_2 for every n x d window of I (B, N, D), stride 1:
+    F is (B, N - n + 1, D - d + 1). "An L2 norm is used as an activation function". One
+    formula for every window, 1 x 1 too (sqrt(I^2) = |I| while I^2 is a normal float), so
+    that a window cut to L rows scores the same here and in `patch_mask`'s zeroed rows."""
     B, N, D = saliency.shape
     if not (1 <= n <= N and 1 <= d <= D):
         raise ValueError(f"window {n} x {d} does not fit a {N} x {D} saliency map")
-    if n == 1 and d == 1:
-        return saliency.abs()  # a 1 x 1 window: the L2 norm of one unit is its magnitude
-    energy = saliency.square()                                   # (B, N, D)
-    energy = _box_sum(energy, n, dim=1)                          # (B, N-n+1, D)
-    energy = energy.sum(2, keepdim=True) if d == D else _box_sum(energy, d, dim=2)
-    # F = sqrt(sum of I^2 over the window), the "L2 norm as an activation function"
-    return energy.sqrt_()                         # (B, N-n+1, D-d+1), in place: energy is new
+    energy = saliency.square()                                      # I^2, (B, N, D)
+    # the sum over the window's n rows, each window apart, row after row: (B, N-n+1, D)
+    energy = energy.unfold(1, n, 1).sum(-1) if n > 1 else energy
+    if d > 1:  # then over its d channels: (B, N-n+1, D-d+1)
+        energy = energy.sum(2, keepdim=True) if d == D else energy.unfold(2, d, 1).sum(-1)
+    return energy.sqrt_()                          # F = sqrt(sum of I^2 over the window)
 
 
 def window_units(i: int, j: int, n: int, d: int) -> list[tuple[int, int]]:
-    """Eq. 3, the index mapping f from a window of F to the units of I it covers, literally;
-    `_covering_max` beside it is the batched form `patch_mask` uses."""
+    """Eq. 3, the units (p, q) of I that window (i, j) of F covers."""
     # f(i, j) = U_{p=i}^{i+n-1} U_{q=j}^{j+d-1} (p, q)
     return [(p, q) for p in range(i, i + n) for q in range(j, j + d)]
 
 
-def _covering_max(framed: torch.Tensor, n: int, d: int, out=None) -> torch.Tensor:
-    """Eq. 3 read backwards, batched: per unit (p, q), the largest key of the windows (i, j)
-    whose f(i, j) holds it (p - n < i <= p, q - d < j <= q). framed: a key per window start,
-    (B, N-n+1, D-d+1), inside n - 1 rows and d - 1 columns of -1 (no window). (B, N, D)."""
-    best = torch.amax(framed.unfold(1, n, 1), -1, out=None if d > 1 else out) if n > 1 else framed
-    return torch.amax(best.unfold(2, d, 1), -1, out=out) if d > 1 else best
-
-
-# ---------------------------------------------------------------------------------------------
-# Section 4.1: the mask M (eq. 4)
-# ---------------------------------------------------------------------------------------------
-#
-# Why `patch_mask` needs no sort of the windows. Key every window as eq. 4 orders them (F, then
-# reading order; no two equal), and let best(u) be the largest key of the windows covering u.
-# The union of the first k windows is {u : best(u) >= key_k}, so the longest prefix within
-# the budget is {u : best(u) > t}, t the (budget + 1)-th largest best of the example's units
-# (-1, below every key, if the budget covers them all): a sliding sum (F), a sliding max
-# (best), an order statistic per example. A window taller than its example (L <= n) keeps
-# the one start i = 0 per channel: scored with rows >= L zeroed, it is the window cut to L.
-# W ranks rows, C columns (their units share one best per line), U and G units, by counting.
-
 def unit_budget(lam: torch.Tensor, rows: torch.Tensor, D: int) -> torch.Tensor:
-    """Section 4.1, eq. 4's lam N D rounded down: the most units M may hold, (B,) long. lam:
-    (B,); rows: (B,) the N of each example (mix.py passes L_A, A's own ordinary tokens).
-    float64 keeps floor() exact where float32 rounds 0.3 * 10 * 384 just below 1152."""
+    """Eq. 4's budget floor(lam N D), (B,) long; rows (B,): the N of each example (mix.py passes
+    L_A). A float32 lam times N D (< 2^29) is exact in float64, so is its floor; in float32
+    0.7 * 10 * 384 = 2687.99995 rounds to 2688, one unit too many (float64 lam: one rounding)."""
     # |U_{(i,j) in K} f(i, j)| <= lam N D
     return torch.floor(lam.to(torch.float64) * (rows * D).to(torch.float64)).long()
 
 
-def _kth_largest_by_sorting(values: torch.Tensor, k: torch.Tensor, **_) -> torch.Tensor:
-    """Per row b, the (k[b] + 1)-th largest of values[b], (B, K) int keys >= -1 (-1: no key),
-    or -1 when k[b] >= K (k: (B,), 0-based). One sort: the GPU's path; C's and W's few keys."""
-    K = values.shape[1]
-    ordered = values.sort(dim=1, descending=True).values                       # (B, K)
-    return ordered.gather(1, k.clamp(max=K - 1)[:, None]).squeeze(1).masked_fill(k >= K, -1)
-
-
-def _kth_largest_by_counting(values: torch.Tensor, k: torch.Tensor, bits: int = 31,
-                             prefix: int = 0, slot: torch.Tensor | None = None) -> torch.Tensor:
-    """`_kth_largest_by_sorting` by a radix select, for keys in [-1, (prefix + 1) * 2**bits)
-    whose answer starts with the digits `prefix` above its low `bits` bits: per digit of at
-    most 17 bits, one histogram for all rows (index_add_ at a per-row offset), then a search
-    of each row's cumulative counts. Why: a CPU's batched sort of 32 x 98,304 keys costs ~10x
-    two digits; kthvalue takes no rank per row (a loop synced the host). slot: scratch like
-    values (new memory costs a page fault per 4 KiB, much of a loaded CPU's time)."""
-    (B, K), dev = values.shape, values.device
-    below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
-    # digits of at most 17 bits, top first; narrower where a row has fewer keys than slots
-    levels = -(-bits // max(8, min(17, K.bit_length())))
-    ends, size = [bits * i // levels for i in range(levels + 1)], (1 << -(-bits // levels)) + 2
-    hist = torch.empty(B * size, dtype=torch.int32, device=dev)
-    slot = torch.empty_like(values) if slot is None else slot                   # (B, K)
-    offset = torch.arange(B, dtype=values.dtype, device=dev)[:, None] * size + 1  # (B, 1)
-    ones = torch.ones((), dtype=torch.int32, device=dev).expand(B * K)
-    answer, found = torch.full((B, 1), prefix, dtype=values.dtype, device=dev), None
-    for top, end in zip(ends, ends[1:]):              # over the digits (python ints), not rows
-        answer <<= end - top
-        # a key's digit under the digits found so far: -1 below them (or no key), 2**w above;
-        # clamped before the row offset, so no sum can overflow
-        if bits > end:
-            torch.bitwise_right_shift(values, bits - end, out=slot).sub_(answer)
-        else:
-            torch.sub(values, answer, out=slot)
-        slot.clamp_(-1, 1 << (end - top)).add_(offset)                       # (B, K)
-        at_or_below = hist.zero_().index_add_(0, slot.view(-1), ones).view(B, size).cumsum(
-            1, dtype=torch.int32)                                            # (B, size)
-        j = torch.searchsorted(at_or_below, below, right=True)              # (B, 1)
-        found = j > 0 if found is None else found   # slot 0 of the top digit: no key there
-        answer += (j - 1).clamp(min=0).to(values.dtype)
-    return answer.masked_fill(~found, -1).squeeze(1)
-
-
-def _kth_largest(values: torch.Tensor, k: torch.Tensor, **digits) -> torch.Tensor:
-    """U's and G's order statistic: counting on a CPU; a GPU sorts the rows in one kernel (its
-    histograms would pile atomics onto the few slots most keys share)."""
-    cpu = values.device.type == "cpu"
-    return (_kth_largest_by_counting if cpu else _kth_largest_by_sorting)(values, k, **digits)
-
-
-def _valid_starts(lengths: torch.Tensor, n: int, num_starts: int) -> torch.Tensor:
-    """(B, num_starts) bool: starts i with i + n <= L, or the one start 0 if L <= n (cut)."""
-    return torch.arange(num_starts, device=lengths.device) <= (lengths - n).clamp(min=0)[:, None]
-
-
-def _mask_lines(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
-                lengths: torch.Tensor) -> torch.Tensor:
-    """W's windows of whole rows (d = D) and C's of whole columns (n = N >= every L): the units
-    of a line share one best, so t is the (floor(budget / units per line) + 1)-th line."""
-    B, N, D = saliency.shape
-    W, size = d == D, n if d == D else d                     # W ranks rows, C columns
-    rows = torch.arange(N, device=saliency.device) < lengths[:, None]      # (B, N)
-    I = saliency.masked_fill(~rows[:, :, None], 0.0)                        # (B, N, D)
-    # F = sqrt(sum of I^2 over the window), one window start per line
-    F = _box_sum(I.square().sum(2 if W else 1), size, dim=1).sqrt()          # (B, K)
-    K = F.shape[1]
-    valid = _valid_starts(lengths, n, K) if W else torch.ones_like(F, dtype=torch.bool)
-    # int64 key: F's bits (+ 0.0 turns -0.0 into 0.0) over the reading order reversed
-    rev = torch.arange(K - 1, -1, -1, device=F.device)                      # (K,)
-    keys = ((F + 0.0).view(torch.int32).long() << K.bit_length() | rev).masked_fill(~valid, -1)
-    framed = torch.nn.functional.pad(keys, (size - 1, size - 1), value=-1)[:, :, None]
-    best = _covering_max(framed, size, 1)[:, :, 0]                          # (B, lines)
-    best = best.masked_fill(~rows, -1) if W else best                       # rows >= L: none
-    t = _kth_largest_by_sorting(best, budget // (D if W else lengths.clamp(min=1)))
-    line = best > t[:, None]                                                # (B, lines)
-    return line[:, :, None].expand(B, N, D) if W else line[:, None, :] & rows[:, :, None]
-
-
-def _mask_units(saliency: torch.Tensor, n: int, d: int, budget: torch.Tensor,
-                lengths: torch.Tensor) -> torch.Tensor:
-    """U's and G's windows (n < N, d < D), unit by unit. best(u)'s 48-bit key (F's bits, then
-    reading order) is ranked in two rounds of 32-bit keys (half the traffic of 64-bit ones):
-    hi(u), the best F covering u, whose threshold t_hi sorts windows into above, tied and
-    below; then each window's class over its reading order. saliency: I, float32, as given."""
-    (B, N, _), dev = saliency.shape, saliency.device
-    F = window_activation(saliency, n, d)                               # (B, N-n+1, D-d+1)
-    R, C = F.shape[1:]
-    rows = torch.arange(N, device=dev) < lengths[:, None]               # (B, N)
-    # a window taller than its example (L < n) is cut to L rows: its F again, rows >= L zeroed
-    head = window_activation(saliency[:, :n].masked_fill(~rows[:, :n, None], 0.0), n, d)
-    F[:, :1] = torch.where((lengths < n)[:, None, None], head, F[:, :1])   # (B, 1, D-d+1)
-    # F >= +0 (a norm): its float32 bits, as int32, rise with it; -1 is no window. Keys sit in a
-    # frame of -1 for _covering_max; min() with a per-row cap masks in place (masked_fill: 4x).
-    cap = lambda keep: torch.where(keep, 2**31 - 1, -1).to(torch.int32)[:, :, None]
-    framed = F.view(torch.int32) if n == d == 1 else torch.full(
-        (B, R + 2 * n - 2, C + 2 * d - 2), -1, dtype=torch.int32, device=dev)
-    bits = framed[:, n - 1:n - 1 + R, d - 1:d - 1 + C]                  # (B, N-n+1, D-d+1)
-    torch.minimum(F.view(torch.int32), cap(_valid_starts(lengths, n, R)), out=bits)
-    hi = _covering_max(framed, n, d)                                    # (B, N, D)
-    torch.minimum(hi, cap(rows), out=hi)                                # rows >= L rank nowhere
-    spare = torch.empty_like(hi).view(B, -1)             # both rounds' scratch, one allocation
-    t_hi = _kth_largest(hi.view(B, -1), budget, slot=spare)[:, None, None]   # (B, 1, 1)
-    # each window's class, 2 above t_hi, 1 tied, 0 below, over its reading order reversed:
-    # eq. 4 takes tied windows first come, first served. (U's hi is its bits; hi is done.)
-    S = (R * C - 1).bit_length()
-    reading = torch.arange(R * C - 1, -1, -1, dtype=torch.int32, device=dev).view(R, C)
-    bits.sub_(t_hi).clamp_(-1, 1).add_(1).bitwise_left_shift_(S).bitwise_or_(reading)
-    best = _covering_max(framed, n, d, out=hi)                          # (B, N, D), hi's memory
-    torch.minimum(best, cap(rows), out=best)
-    t = _kth_largest(best.view(B, -1), budget, bits=S, prefix=1, slot=spare)   # (B,), a tie
-    # eq. 4: M = U_{(i,j) in K} f(i, j) = {u : best(u) > t}, K the windows keyed above t
-    return best > t[:, None, None]                                      # (B, N, D)
-
-
-def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor,
-               lengths: torch.Tensor | None = None,
-               budget_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Section 4.1, eq. 4: the mask M of the most salient n x d windows within a lam budget.
-
-    saliency:    I, (B, N, D), >= 0, of the units that may be mixed: rows 0..L-1 of each
-                 example; windows are scored in float32.
-    n, d:        window size; a window taller than an example (n > L) is cut to L rows.
-    lam:         float or (B,) tensor in [0, 1].
-    lengths:     (B,) number L of valid rows per example (default N). Rows >= L are padding:
-                 no window touches them and M is 0 there.
-    budget_rows: (B,) the N of eq. 4's lam N D (default L). The budget is floor(lam N D)
-                 units; when it covers all L * D valid units, M takes them all.
-    Returns M, (B, N, D) bool: the union of the longest prefix of the windows, in descending
-    window activation F (ties in reading order), whose union has at most floor(lam N D) units.
-    """
-    B, N, D = saliency.shape
-    if n < 1 or not 1 <= d <= D:
-        raise ValueError(f"window {n} x {d} is not a window of a {N} x {D} saliency map")
-    device = saliency.device
-    lengths = (torch.full((B,), N) if lengths is None else lengths).to(device, torch.long)
-    rows_counted = lengths if budget_rows is None else budget_rows.to(device, torch.long)
-    lam = torch.as_tensor(lam, dtype=torch.float64, device=device).expand(B)
-    budget = unit_budget(lam, rows_counted, D)                              # (B,)
-    n = min(n, N)  # taller than the padded batch: cut to it (rows >= L are padding anyway)
-    if d < D and n < N:  # the path is chosen on python ints, never on the values
-        return _mask_units(saliency.float(), n, d, budget, lengths)
-    return _mask_lines(saliency.float(), n, d, budget, lengths)
-
+# Section 4.1: the mask M (eq. 4)
 
 def literal_patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor,
                        lengths: torch.Tensor | None = None,
                        budget_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Section 4.1, eq. 3-4 as written, one example and one window at a time: the reading anchor
-    for `patch_mask` (same arguments, same M), slow. Score every window of the L rows (one
-    taller than L is cut to L rows), sort them by F, descending (stable: ties keep reading
-    order), and add whole windows to M until the next would take the union past the budget."""
+    """Eq. 3-4 as written, one example and one window at a time: the reading anchor for
+    `patch_mask` (same arguments, same M), slow. Score the windows of the L rows (a window
+    taller than L cut to L rows), sort them by F, descending (stable: ties in reading order),
+    and add whole windows to M until the next would take the union past the budget."""
     B, N, D = saliency.shape
     lengths = torch.full((B,), N) if lengths is None else lengths.cpu()
     budget = unit_budget(torch.as_tensor(lam, dtype=torch.float64).expand(B).cpu(),
                          lengths if budget_rows is None else budget_rows.cpu(), D)
     M = torch.zeros(B, N, D, dtype=torch.bool)
-    for b in range(B):
-        L = int(lengths[b])
+    for b, L in enumerate(lengths.tolist()):
         if L == 0:
             continue
-        h = min(n, L)                                            # cut to the example
+        h = min(n, L)                                                # cut to the example
         F = window_activation(saliency[b:b + 1, :L].float(), h, d)[0]   # (L-h+1, D-d+1)
         taken = torch.zeros(L, D, dtype=torch.bool)
         for flat in F.flatten().argsort(descending=True, stable=True).tolist():
             i, j = divmod(flat, D - d + 1)
             grown = taken.clone()
-            for p, q in window_units(i, j, h, d):                # eq. 3: f(i, j)
+            for p, q in window_units(i, j, h, d):                    # eq. 3: f(i, j)
                 grown[p, q] = True
             # eq. 4: the union of the windows taken stays within floor(lam N D) units
             if int(grown.sum()) > int(budget[b]):
@@ -261,9 +82,94 @@ def literal_patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torc
     return M.to(saliency.device)
 
 
-# ---------------------------------------------------------------------------------------------
+def patch_mask(saliency: torch.Tensor, n: int, d: int, lam: float | torch.Tensor,
+               lengths: torch.Tensor | None = None,
+               budget_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 4 for a batch: the same M as `literal_patch_mask` (same arguments), (B, N, D) bool.
+
+    Give each window a key that orders it as eq. 4 does, and let best(u) be the largest key
+    of the windows that cover unit u. The first k windows cover {u : best(u) >= key_k}, so
+    the longest prefix within the budget is M = {u : best(u) > t}, t the (budget + 1)-th
+    largest best(u) of the example's units (-1 if the budget covers them all). No sort of
+    the windows, no host sync: shapes and branches follow python ints only."""
+    B, N, D = saliency.shape
+    if n < 1 or not 1 <= d <= D:
+        raise ValueError(f"window {n} x {d} is not a window of a {N} x {D} saliency map")
+    dev = saliency.device
+    # a window taller than the padded batch is cut to its N rows (rows >= L are padding)
+    n = min(n, N)
+    # L, the example's rows (default N), (B,); rows, p < L, (B, N, 1)
+    L = (torch.full((B,), N) if lengths is None else lengths).to(dev, torch.long)
+    rows = (torch.arange(N, device=dev) < L[:, None])[:, :, None]
+    # the budget floor(lam N D), N = budget_rows (default L), (B,)
+    lam = torch.as_tensor(lam, dtype=torch.float64, device=dev).expand(B)
+    budget = unit_budget(lam, L if budget_rows is None else budget_rows.to(dev, torch.long), D)
+    # I, rows >= L zeroed: a window cut to L < n rows scores its L rows (U cuts none), (B, N, D)
+    I = saliency.float() if n == 1 else saliency.float().masked_fill(~rows, 0.0)
+    # F[i, j] = || I[i:i+n, j:j+d] ||_2 (section 4.1), (B, N-n+1, D-d+1)
+    F = window_activation(I, n, d)
+    R, C = F.shape[1:]
+    # the example's windows: i + n <= L, or i = 0 cut to L rows if 0 < L < n; none if L = 0
+    fits = torch.arange(R, device=dev) < (L - n + 1).clamp(min=1).minimum(L)[:, None]
+    # eq. 4's order as an int64 key per window, larger = earlier: F's float32 bits (they rise
+    # with F >= 0) times 2^S, plus the reading index i * C + j reversed (earlier wins a tie)
+    S = (R * C - 1).bit_length()
+    reading = torch.arange(R * C - 1, -1, -1, device=dev).view(R, C)
+    key = torch.add(reading, F.view(torch.int32), alpha=1 << S)     # (B, N-n+1, D-d+1)
+    # no key (-1) for a window that is not the example's
+    key.masked_fill_(~fits[:, :, None], -1)
+    # eq. 3 read backwards: u = (p, q) is in f(i, j) for p - n < i <= p, q - d < j <= q, so
+    # best(u) is a sliding max of the keys over n rows and d channels, framed in -1. A window
+    # as tall as N (C) or as wide as D (W) covers that axis whole: best keeps it of size 1.
+    best, pad = key, torch.nn.functional.pad
+    if 1 < n < N:
+        best = pad(best, (0, 0, n - 1, n - 1), value=-1).unfold(1, n, 1).amax(-1)  # (B, N, C)
+        best = best.masked_fill(~rows, -1)      # cut windows reach rows >= L: no unit there
+    if 1 < d < D:
+        best = pad(best, (d - 1, d - 1), value=-1).unfold(2, d, 1).amax(-1)     # (B, ., D)
+    # the units each entry of best stands for: 1, or L down a column (C), or D along a row (W)
+    per_entry = (L.clamp(min=1) if n == N else torch.ones_like(L)) * (D if d == D else 1)
+    # t = the (budget + 1)-th largest best(u) of the example's units, -1 if there are fewer
+    t = kth_largest(best.reshape(B, -1), budget // per_entry, bits=31 + S)   # (B,)
+    # eq. 4: M = U_{(i,j) in K} f(i, j) = {u : best(u) > t}, K the windows whose key is > t
+    M = (best > t[:, None, None]).expand(B, N, D)
+    # only C's best spans rows >= L (elsewhere they hold -1, never > t): M = 0 there
+    return M & rows if n == N else M
+
+
+def kth_largest(keys: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per row b, the (k[b] + 1)-th largest of keys[b]: keys (B, K) int64 in [-1, 2**bits),
+    k (B,) >= 0; -1 where k[b] >= K. No sort, no host sync, the same on CPU and GPU.
+
+    A radix select. Read the keys as digits of w bits, top digit first. Count the keys of
+    each top-digit value, one histogram per row (scatter_add_): in the cumulative counts, the
+    slot where the count passes the answer's place from the bottom (K - 1 - k keys lie below
+    it) is the answer's top digit. Count the next digit among the keys whose digits so far
+    are the answer's (those below go to the first slot, those above to the last), and so on:
+    a few passes over the keys per digit, on a CPU 3-8x less than sorting them."""
+    B, K = keys.shape
+    levels = -(-bits // 12)           # digits of at most 12 bits: small histograms, in cache
+    w = -(-bits // levels)                                   # digit width in bits
+    size = (1 << w) + 2                                      # slots: below, 2^w digits, above
+    below = (K - 1 - k).clamp(min=-1).to(torch.int32)[:, None]   # keys under the answer (B, 1)
+    ones = torch.ones((), dtype=torch.int32, device=keys.device).expand(B, K)
+    answer = torch.zeros(B, 1, dtype=torch.long, device=keys.device)    # digits found so far
+    slot = torch.empty_like(keys)                            # (B, K), reused by every digit
+    for shift in range(w * (levels - 1), -1, -w):            # the digits, top first
+        # slot 1 + the key's digit if its higher digits are the answer's; 0 below, size-1 above
+        torch.bitwise_right_shift(keys, shift, out=slot).sub_((answer << w) - 1)
+        slot.clamp_(0, size - 1)
+        counts = torch.zeros(B, size, dtype=torch.int32, device=keys.device)
+        counts = counts.scatter_add_(1, slot, ones).cumsum(1, dtype=torch.int32)  # (B, size)
+        # the first slot whose cumulative count passes `below` holds the answer's digit
+        answer = (answer << w) + torch.searchsorted(counts, below, right=True) - 1
+    # a -1 key stays -1 (all ones); k >= K found no slot and fell below -1
+    return answer.squeeze(1).clamp(min=-1)
+
+
 # Section 4.2: window size settings
-# ---------------------------------------------------------------------------------------------
+# Section 5.3: "we set n in [2, 32] for DropMix-W and DropMix-G".
+N_RANGE = (2, 32)
 
 # The window of each DropMix variant: (n, d), with "N" for the whole text, "n" for a height
 # drawn per batch from N_RANGE, "D" for the whole embedding.
@@ -273,14 +179,9 @@ WINDOWS = {"U": (1, 1), "C": ("N", 1), "W": ("n", "D"), "G": ("n", 1)}
 def window_shape(variant: str, num_tokens: int, dim: int, *, n: int | None = None,
                  d: int | None = None, n_range: tuple[int, int] = N_RANGE,
                  generator: torch.Generator | None = None) -> tuple[int, int]:
-    """Section 4.2: the window n x d of each DropMix variant, for a batch of N = num_tokens
-    rows and D = dim channels:
-        U (unit)     1 x 1
-        C (channel)  L x 1   one channel over all of the example's tokens (n = N, cut to L)
-        W (word)     n x D   n whole words, n drawn per batch from n_range
-        G (general)  n x d   n drawn per batch from n_range, d = 1 (fine-grained patches,
-                             section 5.6); the paper's d in {1, D} stays reachable through `d`
-    `n` fixes W's or G's height instead of drawing it (as section 5.6 does with n = 2)."""
+    """Section 4.2: the window n x d of a variant for N = num_tokens rows, D = dim channels:
+    U 1 x 1; C N x 1 (cut to L); W n x D (n whole words); G n x d, d = 1 (section 5.6; d = D
+    through `d`). n is drawn from n_range per batch unless given (section 5.6: n = 2)."""
     if variant not in WINDOWS:
         raise ValueError(f"unknown DropMix variant {variant!r}; choose one of {', '.join(WINDOWS)}")
     height, width = WINDOWS[variant]
@@ -292,9 +193,7 @@ def window_shape(variant: str, num_tokens: int, dim: int, *, n: int | None = Non
             n = int(torch.randint(low, high + 1, (1,), generator=generator))
         height = n
     height = num_tokens if height == "N" else height
-    if variant == "G" and d is not None:
-        width = d
-    width = dim if width == "D" else width
+    width = d if variant == "G" and d is not None else dim if width == "D" else width
     if not 1 <= width <= dim:
         raise ValueError(f"window width {width} is outside 1..{dim}")
     return height, width

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fractions
 import hashlib
 import json
 import math
@@ -378,10 +379,7 @@ def random_mask_case(rng: random.Random, ties: bool = False):
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct scores", "tied scores"])
-@pytest.mark.parametrize("order_statistic", ["counting (CPU)", "sorting (GPU)"])
-def test_patch_mask_equals_literal_eq4_on_random_cases(order_statistic, ties, monkeypatch):
-    if order_statistic.startswith("sorting"):  # the path a GPU takes, run here on the CPU
-        monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
+def test_patch_mask_equals_literal_eq4_on_random_cases(ties):
     rng = random.Random(0)
     for _ in range(200):
         I, n, d, lam, lengths, budget_rows = random_mask_case(rng, ties)
@@ -442,10 +440,7 @@ def many_mask_cases(rng: random.Random):
     return I, n, d, lam, lengths, budget_rows
 
 
-@pytest.mark.parametrize("order_statistic", ["counting", "sorting"])
-def test_batched_patch_mask_equals_the_literal_loop_on_many_cases(order_statistic, monkeypatch):
-    if order_statistic == "sorting":  # the GPU's order statistic, run here on the CPU
-        monkeypatch.setattr(patches, "_kth_largest", patches._kth_largest_by_sorting)
+def test_batched_patch_mask_equals_the_literal_loop_on_many_cases():
     rng = random.Random(7)
     for case in range(400):
         I, n, d, lam, lengths, budget_rows = many_mask_cases(rng)
@@ -499,45 +494,66 @@ def test_unit_variant_takes_single_most_salient_units():
     assert M.tolist() == [[[False, True], [True, False], [True, False]]]
 
 
-def test_kth_largest_sorting_and_counting_agree():
-    g = torch.Generator().manual_seed(0)
-    values = torch.randint(-1, 40, (7, 50), generator=g)                 # keys, with ties
-    count = torch.randint(0, 51, (7,), generator=g)
-    k = torch.randint(0, 55, (7,), generator=g)
-    values = values.masked_fill(torch.arange(50) >= count[:, None], -1)  # past count: no key
-    by_sort = patches._kth_largest_by_sorting(values, k)
-    by_select = patches._kth_largest_by_counting(values, k)
-    assert torch.equal(by_sort, by_select)
-    for b in range(7):
-        kept = sorted(values[b, :count[b]].tolist(), reverse=True)
-        expected = kept[k[b]] if k[b] < len(kept) else -1
-        assert by_sort[b].item() == expected
-
-
-def test_kth_largest_by_counting_equals_sorting_on_31_bit_keys():
-    # the radix select against the sort: full 31-bit keys, the extremes 2**31 - 1 and -1 (no
-    # key), heavy ties, ranks past the row, and keys whose top digits (`prefix`) are known
-    g = torch.Generator().manual_seed(0)
+def test_kth_largest_equals_a_sort():
+    # the radix select against torch.sort: keys of 1 to 48 bits, heavy ties, the extremes -1
+    # (no key) and 2**bits - 1, rows of -1 only, k = 0 and k >= K, rows short and long
+    rng, g = random.Random(0), torch.Generator().manual_seed(0)
     for trial in range(200):
-        B, K = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 400, (1,), generator=g))
-        bits = [31, 31, 17, 16, 5, 1][trial % 6]
+        B, K = rng.randint(1, 5), rng.choice([1, 2, rng.randint(1, 400), rng.randint(1, 5000)])
+        bits = rng.choice([1, 5, 16, 17, 31, 48])
         top = (1 << bits) - 1
+        spread = rng.choice([top + 1, 4, 1])             # all of [0, 2^bits), or a few values
         base = torch.randint(0, top + 1, (B, 1), generator=g)
-        spread = [top + 1, 4, 1][trial % 3]
-        values = (base + torch.randint(-2, 2, (B, K), generator=g) * spread // 4).clamp(-1, top)
-        values[:, :3] = torch.tensor([top, -1, 0])[: min(3, K)]
-        values = values.to(torch.int32 if trial % 2 else torch.int64)
-        k = torch.randint(0, K + 3, (B,), generator=g)
-        assert torch.equal(patches._kth_largest_by_counting(values, k, bits=bits),
-                           patches._kth_largest_by_sorting(values, k).to(values.dtype)), trial
-        # a known top digit: keys of class 0, 1, 2 over `bits` bits, the answer in class 1
-        cls = torch.randint(0, 3, (B, K), generator=g)
-        keyed = (cls << bits) | values.clamp(min=0).long()
-        k = ((cls == 2).sum(1) + torch.randint(0, K, (B,), generator=g) % (cls == 1).sum(1).clamp(min=1))
-        inside = (cls == 1).any(1)
-        by_sort = patches._kth_largest_by_sorting(keyed, k)
-        by_count = patches._kth_largest_by_counting(keyed, k, bits=bits, prefix=1)
-        assert torch.equal(by_count[inside], by_sort[inside]), trial
+        keys = (base + torch.randint(-2, 2, (B, K), generator=g) * spread // 4).clamp(-1, top)
+        keys[:, :3] = torch.tensor([top, -1, 0])[:min(3, K)]
+        if trial % 10 == 0:
+            keys[0] = -1
+        k = torch.tensor([rng.choice([0, K - 1, K, K + 2, rng.randrange(K)]) for _ in range(B)])
+        k = k.clamp(min=0)
+        ordered = keys.sort(dim=1, descending=True).values
+        expected = ordered.gather(1, k.clamp(max=K - 1)[:, None]).squeeze(1).masked_fill(k >= K, -1)
+        assert torch.equal(patches.kth_largest(keys, k, bits), expected), (trial, keys, k)
+
+
+# eq. 4's budget floor(lam N D), by hand: lam as float32 holds it (the trainer's Beta draws are
+# float32), the exact product lam N D in the comment, and what the float32 product and round()
+# would give instead
+BUDGETS_BY_HAND = [  # (lam, N, D, floor(lam N D))
+    (0.3, 10, 384, 1152),    # 0.300000011920928955078125 * 3840 = 1152.0000457763671875
+    (0.7, 10, 384, 2687),    # 0.699999988079071044921875 * 3840 = 2687.9999542236328125: f32 2688
+    (0.7, 10, 768, 5375),    # * 7680 = 5375.999908447265625: float32 product 5376, round 5376
+    (0.1, 24, 384, 921),     # 0.100000001490116119384765625 * 9216 = 921.6000137329...: round 922
+    (0.9, 24, 768, 16588),   # 0.89999997615814208984375 * 18432 = 16588.799560546875: round 16589
+]
+
+
+@pytest.mark.parametrize("D", [384, 768])
+def test_budget_is_floor_of_lam_L_D_exactly(D):
+    lam, L, expected = zip(*[(l, n, b) for l, n, d, b in BUDGETS_BY_HAND if d == D])
+    lam, L = torch.tensor(lam, dtype=torch.float32), torch.tensor(L)
+    assert patches.unit_budget(lam, L, D).tolist() == list(expected)
+    # lam as the trainer draws it: float32 Beta(alpha, alpha) draws, one per example; the exact
+    # floor(lam L D) from the float32 value as a fraction, lam L D never a whole number here
+    torch.manual_seed(0)
+    lam = mix.sample_lam(0.25, 64).repeat(128)                             # (8192,) float32
+    L = torch.arange(1, 129).repeat_interleave(64)                         # L_A = 1..128
+    exact = [fractions.Fraction(float(l)) * int(n) * D for l, n in zip(lam, L)]
+    expected = torch.tensor([math.floor(x) for x in exact])
+    assert lam.dtype == torch.float32 and all(x.denominator > 1 for x in exact)
+    budget = patches.unit_budget(lam, L, D)
+    assert torch.equal(budget, expected)
+    # the test can fail: the float32 product and round() give one unit too many somewhere
+    in_float32 = torch.floor(lam * (L * D).float()).long()
+    too_many = (in_float32 == expected + 1).nonzero().flatten()
+    assert len(too_many) > 0
+    assert (torch.tensor([round(x) for x in exact]) == expected + 1).any()
+    # and M holds exactly that many units where a U mask can fill it: distinct saliency values
+    # (a U window is one unit, so eq. 4 takes the budget's units one by one), L D >= budget
+    pick = torch.cat([too_many[:8], torch.randperm(len(L))[:24]])          # 32 examples
+    B, N = len(pick), int(L[pick].max())
+    I = torch.stack([torch.randperm(N * D).float().view(N, D) for _ in range(B)])   # (B, N, D)
+    M = patches.patch_mask(I, 1, 1, lam[pick], L[pick])
+    assert torch.equal(M.sum((1, 2)), expected[pick])
 
 
 # =============================================================================================

@@ -187,13 +187,36 @@ def format_steps(rows: list[dict], header: str) -> str:
     return "\n".join(out)
 
 
-MASK_SHAPES = ((32, 32, 384), (32, 128, 768))
+# the mask benchmark's batches: TREC's, on the default encoder, then random maps (B, N, D)
+MASK_SHAPES = ("trec", (32, 128, 384), (32, 128, 768))
 
 
 def mask_inputs(B: int, N: int, D: int):
     """The mask benchmark's batch: I ~ U[0, 1), L ~ U{2..N}, lam ~ Beta(0.25, 0.25)."""
     return (torch.rand(B, N, D), torch.distributions.Beta(0.25, 0.25).sample((B,)),
             torch.randint(2, N + 1, (B,)))
+
+
+def trec_mask_inputs(data_dir: str | None = None, batch_size: int = 32):
+    """TREC's first training batch as run_steps builds it (padded to its longest) on the
+    default encoder: I = saliency_map of the batch, its ordinary tokens' rows moved to the
+    front as mix.region_mask does, L = its ordinary tokens, lam ~ Beta(0.25, 0.25)."""
+    from mix import ordinary_tokens
+    task = data.load_task("trec", data.resolve_data_dir(data_dir))
+    tokenizer, model = data.load_encoder(data.DEFAULT_MODEL, task.spec.label_names, 0.1)
+    encoded = data.encode(task.train, tokenizer)
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
+    batch = data.make_collate(tokenizer)([encoded[i] for i in order[:batch_size]])
+    I, ordinary = saliency_map(model.train(), batch), ordinary_tokens(batch)    # (B, N, D)
+    rows = ((~ordinary).long() * I.shape[1] + torch.arange(I.shape[1])).argsort(1)
+    I = I.gather(1, rows[:, :, None].expand_as(I)).contiguous()
+    return I, torch.distributions.Beta(0.25, 0.25).sample((batch_size,)), ordinary.sum(1)
+
+
+def mask_cases(shapes=MASK_SHAPES, data_dir: str | None = None):
+    """(I, lam, L) of each shape: "trec" for TREC's batch, else (B, N, D) random."""
+    return [trec_mask_inputs(data_dir) if shape == "trec" else mask_inputs(*shape)
+            for shape in shapes]
 
 
 def mask_windows(variant: str, N: int, D: int) -> list[tuple[int, int]]:
@@ -210,7 +233,8 @@ def seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> flo
     return (now(device) - start) / repeats
 
 
-def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu")) -> str:
+def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu"),
+               shapes=MASK_SHAPES, data_dir: str | None = None) -> str:
     """patch_mask per window shape on a CPU or a GPU, and the literal eq. 4 on one example."""
     torch.manual_seed(0)
     where = (f"{torch.get_num_threads()} CPU threads" if device.type == "cpu"
@@ -219,14 +243,13 @@ def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu")) ->
            "ms per batch, mean over n = 2, 5, ..., 32 for W and G",
            "| shape (B, N, D) | U | C | W | G | G / C | literal loop (one example, U) | speed-up |",
            "|---|---|---|---|---|---|---|---|"]
-    for B, N, D in MASK_SHAPES:
-        I, lam, lengths = (t.to(device) for t in mask_inputs(B, N, D))
-        times = {}
+    for shape, case in zip(shapes, mask_cases(shapes, data_dir)):
+        I, lam, lengths = (t.to(device) for t in case)
+        (B, N, D), times = I.shape, {}
         for variant in patches.WINDOWS:
-            shapes = mask_windows(variant, N, D)
             times[variant] = statistics.mean(
                 seconds(lambda: patches.patch_mask(I, n, d, lam, lengths), repeats, device)
-                for n, d in shapes)
+                for n, d in mask_windows(variant, N, D))
         ms = {v: f"{1000 * t:.2f}" for v, t in times.items()}
         literal = "– | –"
         if N <= 32 and device.type == "cpu":  # the literal loop on one example, against patch_mask
@@ -234,7 +257,8 @@ def mask_table(repeats: int = 20, device: torch.device = torch.device("cpu")) ->
             slow = seconds(lambda: patches.literal_patch_mask(*one), 2)
             fast = seconds(lambda: patches.patch_mask(*one), repeats)
             literal = f"{1000 * slow:.0f} ms | {slow / fast:.0f}x"
-        out.append(f"| {B}, {N}, {D} | {ms['U']} | {ms['C']} | {ms['W']} | {ms['G']} "
+        out.append(f"| {'TREC ' * (shape == 'trec')}{B}, {N}, {D} | {ms['U']} | {ms['C']} "
+                   f"| {ms['W']} | {ms['G']} "
                    f"| {times['G'] / times['C']:.2f} | {literal} |")
     return "\n".join(out)
 
@@ -252,7 +276,7 @@ def previous_patches(rev: str) -> types.ModuleType:
 
 
 def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
-                  shapes=MASK_SHAPES) -> str:
+                  shapes=MASK_SHAPES, data_dir: str | None = None) -> str:
     """patch_mask of `before` and of patches.py in this process, on the same batches: each
     variant's two versions take turns for `rounds` rounds (a drift of the machine's speed
     favours neither) and keep their median, of wall time and of this process's CPU time (all
@@ -264,8 +288,8 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
            "(W and G: mean over n = 2, 5, ..., 32)",
            f"| shape (B, N, D) | variant | {label} ms | now ms | speed-up | {label} CPU ms "
            "| now CPU ms | CPU speed-up | same M |", "|---|---|---|---|---|---|---|---|---|"]
-    for B, N, D in shapes:
-        I, lam, lengths = mask_inputs(B, N, D)
+    for shape, (I, lam, lengths) in zip(shapes, mask_cases(shapes, data_dir)):
+        (B, N, D), what = I.shape, "TREC " * (shape == "trec")
         for variant in patches.WINDOWS:
             windows = mask_windows(variant, N, D)
             same = all(torch.equal(before.patch_mask(I, n, d, lam, lengths),
@@ -283,7 +307,7 @@ def compare_table(before: types.ModuleType, label: str, rounds: int = 7,
             for clock in (time.perf_counter, time.process_time):
                 old, new = ms["before", clock], ms["now", clock]
                 cells += [f"{old:.2f}", f"{new:.2f}", f"{old / new:.2f}x"]
-            out.append(f"| {B}, {N}, {D} | {variant} | " + " | ".join(cells)
+            out.append(f"| {what}{B}, {N}, {D} | {variant} | " + " | ".join(cells)
                        + f" | {'yes' if same else 'NO'} |")
     return "\n".join(out)
 
@@ -319,18 +343,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.mask and args.against:
         try:
-            print(compare_table(previous_patches(args.against), args.against, args.rounds))
-        except train.UsageError as error:
+            print(compare_table(previous_patches(args.against), args.against, args.rounds,
+                                data_dir=args.data_dir))
+        except (train.UsageError, data.DataError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
     if args.mask:
         try:
             device = train.parse_device(args.device)
-        except train.UsageError as error:
+            # a GPU machine holds no pretrained weights (results/gpu_check.sh): random maps only
+            shapes = MASK_SHAPES if device.type == "cpu" else MASK_SHAPES[1:]
+            table = mask_table(device=device, shapes=shapes, data_dir=args.data_dir)
+        except (train.UsageError, data.DataError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        print(mask_table(device=device))
+        print(table)
         return 0
     try:
         rows = run_steps(args)

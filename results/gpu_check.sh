@@ -11,7 +11,7 @@
 #   2. bench.md         results/bench.py at bert-base's shape (batch 32, every batch padded to
 #                       128 tokens), every variant, fp32 and bf16
 #   3. mask.md          results/bench.py --mask on the GPU: patch_mask alone for every
-#                       variant at (32, 32, 384) and bert-base's (32, 128, 768)
+#                       variant on random maps, (32, 128, 384) and bert-base's (32, 128, 768)
 #   4. train-*.json     two epochs of all of TREC through train.py at bert-base's shape (random
 #                       weights, so the accuracy means nothing; the loss and s/step do): dropout
 #                       and G, and G under torchrun (one process, NCCL)

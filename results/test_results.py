@@ -691,10 +691,14 @@ def test_benchmark_without_a_tokenizer_is_one_sentence_and_status_2(tmp_path, ca
     assert err.startswith("error: cannot load a tokenizer from") and err.count("\n") == 1
 
 
-def test_mask_benchmark_prints_both_shapes():
-    lines = bench.mask_table(repeats=1).splitlines()
+@needs_data
+def test_mask_benchmark_prints_trecs_batch_and_random_maps():
+    assert bench.MASK_SHAPES == ("trec", (32, 128, 384), (32, 128, 768))
+    lines = bench.mask_table(repeats=1, shapes=("trec", (4, 40, 16))).splitlines()
     assert lines[1].startswith("| shape (B, N, D) | U | C | W | G |")
-    assert lines[3].startswith("| 32, 32, 384 | ") and lines[4].startswith("| 32, 128, 768 | ")
+    # TREC's first batch of 32 on the default encoder, padded to its longest: 24 tokens
+    assert lines[3].startswith("| TREC 32, 24, 384 | ") and lines[4].startswith("| 4, 40, 16 | ")
+    # the literal loop's column: timed where N <= 32
     assert lines[3].endswith("x |") and lines[4].endswith("| – | – |")
 
 
