@@ -661,9 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(description="Fine-tune a BERT classifier with DropMix (Kong et al., EMNLP 2022) "
                            "or a baseline, and report its accuracy.")
     flag = p.add_argument
-    flag("--task", choices=sorted(data.TASKS), help="dataset (section 5.1)")
-    flag("--train-file", help="your own data instead of --task: a .csv or .tsv with a header "
-         "row, or a .jsonl; its distinct labels, sorted, are the classes")
+    # argparse itself refuses both or neither of --task and --train-file (and of --seed and
+    # --seeds, --resume and --overwrite), in one line
+    source, seeds, folder = (p.add_mutually_exclusive_group(required=required)
+                             for required in (True, False, False))
+    source.add_argument("--task", choices=sorted(data.TASKS), help="dataset (section 5.1)")
+    source.add_argument("--train-file", help="your own data instead of --task: a .csv or .tsv "
+                        "with a header row, or a .jsonl; its distinct labels, sorted, are the classes")
     flag("--test-file", help="with --train-file: the reported split (default: a stratified "
          "10%% of the training file)")
     flag("--dev-file", help="with --train-file: selects the epoch (default: the last epoch)")
@@ -681,9 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--batch-size", type=int, default=32, help="examples per step and process (default: 32)")
     flag("--lr", type=float, default=2e-5, help="AdamW learning rate (default: 2e-5)")
     flag("--max-len", type=int, default=128, help="tokens per example at most (default: 128)")
-    flag("--seed", type=int, help="training seed: head weights, shuffling, dropout, lam; the "
+    seeds.add_argument("--seed", type=int, help="training seed: head weights, shuffling, dropout, lam; the "
          "data splits never depend on it (default: 1)")
-    flag("--seeds", type=integers, help="one run per seed, e.g. 1,2,3, then mean +- std")
+    seeds.add_argument("--seeds", type=integers, help="one run per seed, e.g. 1,2,3, then mean +- std")
     flag("--output-dir", help="each seed writes to its seed-K folder (default: runs/TASK-VARIANT)")
     flag("--data-dir", help="dataset folder (default: $DROPMIX_DATA, else ~/.cache/dropmix)")
     flag("--train-fraction", type=float, default=1.0,
@@ -697,10 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--span-share", type=float, help=f"ssmix: the span's share (default: {SSMIX_SPAN_SHARE})")
     flag("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
     flag("--bf16", action="store_true", help="forward passes under bf16 autocast")
-    flag("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    folder.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     flag("--stop-after", type=int, metavar="EPOCHS", help="end this invocation once EPOCHS "
          "epochs are done, keeping the checkpoint for --resume")
-    flag("--overwrite", action="store_true", help="delete the run found in the output folder")
+    folder.add_argument("--overwrite", action="store_true", help="delete the run found in the output folder")
     flag("--no-save-model", action="store_true", help="write results.json but not the model")
     flag("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -723,7 +727,6 @@ RULES = {"alpha": POSITIVE, "lr": POSITIVE, "epochs": COUNT, "batch_size": COUNT
 # Flags that only some variants read: for any other they would change nothing, silently.
 READ_BY = {"alpha": [name for name, v in VARIANTS.items() if v.alpha is not None],
            "n_range": ["W", "G"], "window_width": ["G"], "span_share": ["ssmix"]}
-EXCLUSIVE = [("resume", "overwrite"), ("seed", "seeds"), ("task", "train_file")]
 # Flags read only beside another: the own-data flags with --train-file, --data-dir with --task
 READ_WITH = {**dict.fromkeys(["test_file", "dev_file", "text_column", "text_pair_column",
                               "label_column"], "train_file"), "data_dir": "task"}
@@ -739,12 +742,6 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
         if getattr(args, name) is not None and args.variant not in readers:
             raise UsageError(f"--{name.replace('_', '-')} is read only by --variant "
                              f"{', '.join(readers)}; {args.variant} would ignore it.")
-    for a, b in EXCLUSIVE:
-        if getattr(args, a) not in (None, False) and getattr(args, b) not in (None, False):
-            raise UsageError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} contradict "
-                             "each other: pass one of them.")
-    if not args.task and not args.train_file:
-        raise UsageError("pass --task NAME, or --train-file PATH for your own data.")
     for name, needed in READ_WITH.items():
         if getattr(args, name) is not None and getattr(args, needed) is None:
             raise UsageError(f"--{name.replace('_', '-')} is read only with "

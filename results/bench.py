@@ -202,11 +202,11 @@ def trec_mask_inputs(data_dir: str | None = None, batch_size: int = 32):
     default encoder: I = saliency_map of the batch, its ordinary tokens' rows moved to the
     front as mix.region_mask does, L = its ordinary tokens, lam ~ Beta(0.25, 0.25)."""
     from mix import ordinary_tokens
-    task = data.load_task("trec", data.resolve_data_dir(data_dir))
-    tokenizer, model = data.load_encoder(data.DEFAULT_MODEL, task.spec.label_names, 0.1)
-    encoded = data.encode(task.train, tokenizer)
+    splits = data.load_task("trec", data.resolve_data_dir(data_dir))
+    tokenizer, model = train.load_encoder(train.DEFAULT_MODEL, data.TASKS["trec"].labels, 0.1)
+    encoded = data.encode(splits["train"], tokenizer)
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
-    batch = data.make_collate(tokenizer)([encoded[i] for i in order[:batch_size]])
+    batch = data.collate(tokenizer)([encoded[i] for i in order[:batch_size]])
     I, ordinary = saliency_map(model.train(), batch), ordinary_tokens(batch)    # (B, N, D)
     rows = ((~ordinary).long() * I.shape[1] + torch.arange(I.shape[1])).argsort(1)
     I = I.gather(1, rows[:, :, None].expand_as(I)).contiguous()
