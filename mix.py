@@ -197,7 +197,6 @@ def ssmix(input_ids: torch.Tensor, saliency: torch.Tensor, segments: torch.Tenso
     mixed = input_ids.clone()
     replaced = torch.zeros(B, dtype=torch.long, device=input_ids.device)
     too_short = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    length_a_total = torch.zeros(B, dtype=torch.long, device=input_ids.device)
     positions = torch.arange(N, device=input_ids.device)
     for k in range(int(segments.max()) + 1 if segments.numel() else 0):  # 1 or 2 segments
         in_a = segments == k                                             # (B, N)
@@ -214,8 +213,7 @@ def ssmix(input_ids: torch.Tensor, saliency: torch.Tensor, segments: torch.Tenso
         source = (positions - start_a[:, None] + start_b[:, None]).clamp(0, N - 1)
         mixed = torch.where(in_span, partner(input_ids).gather(1, source), mixed)
         replaced += in_span.sum(1)
-        length_a_total += length_a
-    r = replaced.double() / length_a_total.clamp(min=1)
+    r = replaced.double() / (segments >= 0).sum(1).clamp(min=1)   # over all of A's ordinary tokens
     return mixed, r.float(), too_short
 
 

@@ -185,13 +185,10 @@ def window_shape(variant: str, num_tokens: int, dim: int, *, n: int | None = Non
     if variant not in WINDOWS:
         raise ValueError(f"unknown DropMix variant {variant!r}; choose one of {', '.join(WINDOWS)}")
     height, width = WINDOWS[variant]
+    if height == "n" and not 1 <= n_range[0] <= n_range[1]:
+        raise ValueError(f"window height range {n_range} is empty or below 1")
     if height == "n":
-        low, high = n_range
-        if not 1 <= low <= high:
-            raise ValueError(f"window height range {n_range} is empty or below 1")
-        if n is None:
-            n = int(torch.randint(low, high + 1, (1,), generator=generator))
-        height = n
+        height = n or int(torch.randint(n_range[0], n_range[1] + 1, (1,), generator=generator))
     height = num_tokens if height == "N" else height
     width = d if variant == "G" and d is not None else dim if width == "D" else width
     if not 1 <= width <= dim:

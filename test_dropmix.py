@@ -226,7 +226,7 @@ class GradientRecorder:
         self.model, self.grads = model, []
 
     def step(self):
-        self.grads.append({n: p.grad.clone() for n, p in train.unwrap(self.model).named_parameters()
+        self.grads.append({n: p.grad.clone() for n, p in getattr(self.model, "module", self.model).named_parameters()
                            if p.grad is not None})
 
     def zero_grad(self, set_to_none=True):
@@ -997,7 +997,7 @@ def test_split_tasks_match_readme(task):
     assert len(loaded[spec.report]) == n_report
     assert label_counts(loaded["train"]) == train_counts
     assert label_counts(loaded[spec.report]) == report_counts
-    assert spec.is_pair == (task in ("mrpc", "rte"))
+    assert (len(spec.columns) == 3) == (task in ("mrpc", "rte"))  # the pair tasks
     split, index, expected = KNOWN_EXAMPLES[task]
     assert loaded[{"train": "train", "select": spec.select, "report": spec.report}[split]][index] == expected
 
@@ -1110,17 +1110,9 @@ def test_subsample_stratified_deterministic_and_full():
     assert data.subsample(examples, 1.0) == examples
 
 
-@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan")])
-def test_subsample_rejects_bad_fraction(fraction):
-    with pytest.raises(data.DataError, match="fraction"):
-        data.subsample(make_examples([10, 10]), fraction)
-
-
 def test_subsample_too_small_is_data_error():
     with pytest.raises(data.DataError, match="cannot keep all 3 classes"):
         data.subsample(make_examples([10, 10, 10]), 0.05)  # 1 example, 3 classes
-    with pytest.raises(data.DataError, match="^Cannot subsample an empty training set.$"):
-        data.subsample([], 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1241,7 +1233,8 @@ def test_blank_examples_dropped_with_warning(tmp_path, capsys):
     ]
     write(tmp_path / "glue/rte/train.tsv",
           "index\tsentence1\tsentence2\tlabel\n0\ta\t\tentailment\n")
-    assert data.read_split(data.TASKS["rte"], "train", tmp_path) == []
+    with pytest.raises(data.DataError, match="^glue/rte/train.tsv holds no example with a text.$"):
+        data.read_split(data.TASKS["rte"], "train", tmp_path)
     assert "glue/rte/train.tsv line 2: blank example dropped" in capsys.readouterr().err
 
 
@@ -1400,11 +1393,6 @@ def test_encode_pairs_and_truncation(tiny_tokenizer):
     assert batch["special_tokens_mask"][1].tolist() == [1, 0, 0, 1, 0, 0, 1, 1]
 
 
-def test_encode_refuses_mixed_pairs(tiny_tokenizer):
-    with pytest.raises(ValueError, match=r"^encode\(\) needs all single texts or all pairs, not a mix$"):
-        data.encode([data.Example("a", None, 0), data.Example("a", "b", 0)], tiny_tokenizer)
-
-
 # =============================================================================================
 # 8. Training (sections 5.2, 5.3): train.py end to end on a tiny BERT
 # Every variant on real TREC and RTE; the epoch's counts; seeds; heads; resume bit for bit;
@@ -1476,7 +1464,7 @@ def test_a_last_batch_of_one_has_no_partner_and_is_not_counted_as_mixed(tiny_ber
 @needs_data
 def test_several_seeds_give_a_mean_and_std(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    assert tiny_run(tiny_bert, out, "--variant", "dropout", "--seeds", "1,2", "--no-save-model") == 0
+    assert tiny_run(tiny_bert, out, "--variant", "dropout", "--seeds", "1", "2", "--no-save-model") == 0
     runs = [results_of(out, seed) for seed in (1, 2)]
     assert [r["config"]["seed"] for r in runs] == [1, 2]
     a, b = (r["final"]["accuracy"] for r in runs)
@@ -1812,10 +1800,11 @@ BAD_INPUTS = {
     "dropout": (("--dropout", "1"), "--dropout must be in [0, 1), got 1.0."),
     "seed overflow": (("--seed", "9" * 23), f"--seed must be an integer from 0 to 2**32 - 1, got {'9' * 23}."),
     "seed negative": (("--seed", "-1"), "--seed must be an integer from 0 to 2**32 - 1, got -1."),
-    "seeds repeated": (("--seeds", "1,1"), "--seeds must be distinct integers from 0 to 2**32 - 1"),
-    "seeds with a gap": (("--seeds", "1,,2"), "argument --seeds: must be integers like 1,2,3, got '1,,2'"),
-    "seed and seeds": (("--seed", "2", "--seeds", "1,2"), "argument --seeds: not allowed with argument --seed"),
-    "n-range": (("--variant", "G", "--n-range", "0,200"), "--n-range must be LO,HI or one integer"),
+    "seeds repeated": (("--seeds", "1", "1"), "--seeds must be distinct integers from 0 to 2**32 - 1"),
+    "seeds not integers": (("--seeds", "1", "x"), "argument --seeds: invalid int value: 'x'"),
+    "seed and seeds": (("--seed", "2", "--seeds", "1", "2"), "argument --seeds: not allowed with argument --seed"),
+    "n-range": (("--variant", "G", "--n-range", "0", "200"), "--n-range must be LO HI or one integer"),
+    "n-range of three": (("--variant", "G", "--n-range", "2", "3", "4"), "--n-range must be LO HI or one integer"),
     "alpha for dropout": (("--variant", "dropout", "--alpha", "0.3"),
                           "--alpha is read only by --variant mixup, dropout-mixup, U, C, W, G; dropout would ignore it."),
     "alpha for ssmix": (("--variant", "ssmix", "--alpha", "0.3"), "ssmix would ignore it."),
@@ -1825,7 +1814,7 @@ BAD_INPUTS = {
     "span share for G": (("--variant", "G", "--span-share", "0.2"),
                          "--span-share is read only by --variant ssmix; G would ignore it."),
     "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
-    "width": (("--variant", "G", "--window-width", "33"), "--window-width 33: window width 33 is outside 1..32."),
+    "width": (("--variant", "G", "--window-width", "33"), "--window-width 33 is wider than the model's 32 channels."),
     "empty subsample": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
     "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
     "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
@@ -1856,6 +1845,7 @@ BAD_INPUTS = {
     "own extension": (own_file("a.txt", CSV), "a.txt: the format comes from the extension"),
     "own file empty": (own_file("a.csv", ""), "a.csv is empty."),
     "own header only": (own_file("a.csv", "text,label\n"), "a.csv has a header row but no examples."),
+    "own texts all blank": (own_file("a.csv", "text,label\n ,pos\n,neg\n"), "a.csv holds no example with a text."),
     "own column missing": (own_file("a.csv", CSV, "--text-column", "sentence"),
                            "a.csv line 1: has no column 'sentence' (found text, label); name the columns with"),
     "own row short": (own_file("a.csv", CSV + "no label\n"), "a.csv line 6: expected 2 fields, found 1."),
@@ -1915,10 +1905,11 @@ def test_a_nan_loss_stops_at_its_step_and_says_what_is_kept(bad_step, tiny_bert,
     err = capsys.readouterr().err
     assert [line.startswith("error: ") for line in err.splitlines()] == [True]
     if bad_step == 2:
-        assert "became nan at epoch 1, batch 2; no epoch had finished, so no checkpoint was kept." in err
+        assert "became nan at epoch 1, batch 2; no epoch had finished: no checkpoint is kept." in err
         assert not out.exists()  # and no empty folder says otherwise
     else:
-        assert f"became nan at epoch 2, batch 2; the checkpoint of epoch 1 is kept in {out / 'seed-1'}." in err
+        assert (f"became nan at epoch 2, batch 2; the last finished epoch's checkpoint is kept in "
+                f"{out / 'seed-1'} (--resume).") in err
         checkpoint = torch.load(out / "seed-1/checkpoint.pt", weights_only=False)
         assert checkpoint["epoch"] == 1 and not (out / "seed-1/results.json").exists()
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 # its threads, alive into interpreter teardown: SIGABRT at exit (cf. pytorch/pytorch#65231).
 import torch.distributed.nn.functional  # noqa: F401
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.metrics import accuracy_score, f1_score
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -108,11 +108,6 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def no_sync(model: torch.nn.Module):
-    """DDP all-reduces gradients in every backward pass run outside model.no_sync()."""
-    return model.no_sync if isinstance(model, DistributedDataParallel) else contextlib.nullcontext
-
-
 def mixed_inputs(config: RunConfig, model, batch: dict, saliency: torch.Tensor
                  ) -> tuple[dict, torch.Tensor, int]:
     """The variant's mixed batch: the model's keyword arguments, the label weight r (B,) and the
@@ -143,7 +138,9 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
     False for all but the last of them, so that DDP all-reduces once per step. A mixing
     variant runs the clean pass, whose backward yields I_A, then the mixed pass from it.
     Returns the step's numbers, which the epoch adds up."""
-    reducing = contextlib.nullcontext if reduce else no_sync(model)
+    # DDP all-reduces gradients in every backward pass run outside model.no_sync()
+    no_sync = getattr(model, "no_sync", contextlib.nullcontext)  # a DDP model's, else nothing
+    reducing = contextlib.nullcontext if reduce else no_sync
     device = batch["input_ids"].device
     if not VARIANTS[config.variant].mixes or len(batch["labels"]) < 2:
         # base and dropout; and a final batch of one, which has no partner to mix with
@@ -156,7 +153,7 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
     # The step's loss is L = (L_clean + L_mixed) / 2, one backward per half.
     # 1. L_clean / 2 backward, and I_A = |dL_clean/dX_A| from that same pass. It never
     #    all-reduces: the mixed backward adds to the same .grad and reduces both at once.
-    with no_sync(model)():
+    with no_sync():
         loss_clean, saliency = clean_step(model, batch, loss_scale=loss_scale / 2,
                                           autocast_dtype=torch.bfloat16 if config.bf16 else None)
     # 2. The mixed batch from I_A, and L_mixed / 2 backward
@@ -248,29 +245,18 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
         tempfile.TemporaryFile(dir=out).close()
     except OSError as error:
         raise DataError(f"cannot write to the output folder {out}: {error.strerror}.") from None
-    finished, unfinished = (out / "results.json").exists(), (out / "checkpoint.pt").exists()
     if overwrite:
         for name in ("results.json", "checkpoint.pt"):
             (out / name).unlink(missing_ok=True)
-        return "new"
-    if finished:
-        if resume:
-            return "finished"
-        raise DataError(f"{out} holds a finished run; pass --overwrite to replace it.")
-    if unfinished:
-        if resume:
-            return "resume"
-        raise DataError(f"{out} holds an unfinished run; pass --resume to continue it or "
-                        "--overwrite to start over.")
-    if resume:
+    state = ("finished" if (out / "results.json").exists() else
+             "resume" if (out / "checkpoint.pt").exists() else "new")
+    if state != "new" and not resume:
+        raise DataError(f"{out} holds a finished run; pass --overwrite to replace it." if
+                        state == "finished" else f"{out} holds an unfinished run; pass --resume "
+                        "to continue it or --overwrite to start over.")
+    if state == "new" and resume:
         print(f"--resume: {out} holds no checkpoint, so the run starts fresh", flush=True)
-    return "new"
-
-
-def rng_states() -> dict:
-    """Every generator's state: a resumed run draws what this one would have."""
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return state
 
 
 def load_checkpoint(out: Path, config: RunConfig, world: int, device: torch.device) -> dict:
@@ -301,7 +287,7 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     tokenizer, model = load_encoder(config.model, task.labels, config.dropout)
     torch.manual_seed(config.seed + procs.rank)
     model.to(procs.device).train()
-    check_model_fits(config, tokenizer, model, task.is_pair)
+    check_model_fits(tokenizer, model, config.max_len, len(task.columns) == 3, config.window_width)
     train = data.encode(data.subsample(splits["train"], config.train_fraction), tokenizer,
                         config.max_len)
     # evaluated: the split that selects the epoch (if any), then the reported one
@@ -318,14 +304,14 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     if procs.world > 1:
         model = DistributedDataParallel(
             model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
-    plain = unwrap(model)
+    plain = getattr(model, "module", model)  # the model itself, inside DDP
     history, best = [], {"epoch": None, "score": -math.inf}
     if state == "resume":
         checkpoint = load_checkpoint(out, config, procs.world, procs.device)
-        plain.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        history, best, rng = checkpoint["history"], checkpoint["best"], checkpoint["rng"][procs.rank]
+        for part, name in ((plain, "model"), (optimizer, "optimizer"), (scheduler, "scheduler")):
+            part.load_state_dict(checkpoint[name])
+        history, best = checkpoint["history"], checkpoint["best"]
+        rng = checkpoint["rng"][procs.rank]
         # generator states are CPU byte tensors, whatever device the checkpoint was mapped to
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"].cpu())
@@ -340,15 +326,10 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
             procs.say(f"stopped after epoch {epoch} as asked; continue with --resume")
             return None
         sampler.set_epoch(epoch)
-        try:
-            record = train_epoch(config, model, optimizer, scheduler, loader, epoch,
-                                 progress and procs.main)
-        except Diverged as error:
-            kept = (f"the checkpoint of epoch {len(history)} is kept in {out}" if history else
-                    "no epoch had finished, so no checkpoint was kept")
-            raise Diverged(f"{error}; {kept}.") from None
+        record = train_epoch(config, model, optimizer, scheduler, loader, epoch,
+                             progress and procs.main)
         for name, encoded in evaluated.items():
-            record[name] = evaluate(config.task, model, encoded, collate, procs, config.bf16)
+            record[name] = evaluate(model, encoded, collate, procs, config.bf16)
         history.append(record)
         # Model selection only on a split that is not reported; otherwise the last epoch.
         score = record[task.select]["accuracy"] if task.select else epoch
@@ -361,11 +342,13 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
                   + (f"  r {r:.3f}" if r is not None else "") + f"  {shown} acc "
                   f"{record[shown]['accuracy']:.4f}  ({record['seconds_per_step']:.2f} s/step)")
         # The checkpoint: one plain dict. Every process's RNG states are taken last, so that
-        # a resumed run continues exactly here.
+        # a resumed run draws exactly what this one would have.
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint = {"config": asdict(config), "world": procs.world, "epoch": epoch + 1,
                       "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                      "rng": procs.gather(rng_states())}
+                      "rng": procs.gather(rng)}
         if procs.main:
             replace_atomically(out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
         if procs.world > 1:
@@ -399,7 +382,7 @@ def provenance(device: torch.device) -> dict:
     try:
         commit, changed = (subprocess.run(git + command, capture_output=True, text=True,
                                           timeout=10).stdout.strip()
-                           for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "-uno"]))
+                           for command in (["rev-parse", "HEAD"], ["status", "-s", "-uno"]))
     except (OSError, subprocess.SubprocessError):  # no git, or not a clone
         commit, changed = "", ""
     versions = {name: importlib.metadata.version(name)
@@ -501,9 +484,10 @@ class UsageError(Exception):
     """A problem with what the user asked for: one sentence, exit status 2."""
 
 
-def check_max_len(max_len: int, tokenizer, model, is_pair: bool) -> None:
-    """--max-len must leave room for a word of each text beside the special tokens, and fit
-    the model's position table."""
+def check_model_fits(tokenizer, model, max_len: int, is_pair: bool, window_width: int = 1) -> None:
+    """The flags that depend on the encoder, checked before the first step: --max-len must
+    leave room for a word of each text beside the special tokens and fit the model's position
+    table; G's --window-width must fit the embedding."""
     specials = tokenizer.num_special_tokens_to_add(pair=is_pair)
     least = specials + (2 if is_pair else 1)
     if max_len < least:
@@ -515,18 +499,8 @@ def check_max_len(max_len: int, tokenizer, model, is_pair: bool) -> None:
                     getattr(tokenizer, "model_max_length", math.inf))
     if max_len > positions:
         raise UsageError(f"--max-len {max_len} is longer than the model's {positions} positions.")
-
-
-def check_model_fits(config: RunConfig, tokenizer, model, is_pair: bool) -> None:
-    """The flags that depend on the encoder, checked before the first step: --max-len, and G's
-    window width by patches.py's own rule."""
-    check_max_len(config.max_len, tokenizer, model, is_pair)
-    try:
-        if VARIANTS[config.variant].mixes == "dropmix":
-            window_shape(config.variant, config.max_len, model.get_input_embeddings().embedding_dim,
-                         n=1, d=config.window_width)
-    except ValueError as error:
-        raise UsageError(f"--window-width {config.window_width}: {error}.") from None
+    if window_width > (D := model.get_input_embeddings().embedding_dim):
+        raise UsageError(f"--window-width {window_width} is wider than the model's {D} channels.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +513,7 @@ def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
     """Predicted class of every example, in order. Each process predicts every world-th
     example (no padding, so nothing is counted twice) and they are put back in order."""
     model.eval()
-    shard = [encoded[i] for i in range(procs.rank, len(encoded), procs.world)]
+    shard = encoded[procs.rank::procs.world]
     predictions: list[int] = []
     for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(procs.device) for k, v in batch.items()}
@@ -553,17 +527,12 @@ def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
     return ordered
 
 
-def evaluate(task: str, model, encoded: list[dict], collate, procs: Dist, bf16: bool) -> dict:
-    """Accuracy (the paper's metric), macro-F1, and each GLUE task's own second metric."""
+def evaluate(model, encoded: list[dict], collate, procs: Dist, bf16: bool) -> dict:
+    """Accuracy (section 5.1: "we use accuracy as the evaluation metrics") and macro-F1."""
     labels, predicted = [e["labels"] for e in encoded], predict(model, encoded, collate, procs,
                                                                 bf16=bf16)
-    metrics = {"accuracy": accuracy_score(labels, predicted),
-               "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0)}
-    if task in ("mrpc", "qqp"):
-        metrics["f1"] = f1_score(labels, predicted, zero_division=0)
-    if task == "cola":
-        metrics["mcc"] = matthews_corrcoef(labels, predicted)
-    return {**{name: float(value) for name, value in metrics.items()}, "examples": len(predicted)}
+    return {"accuracy": float(accuracy_score(labels, predicted)), "examples": len(predicted),
+            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0))}
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int):
@@ -577,10 +546,6 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
     warmup = math.ceil(config.warmup_share * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,10 +570,9 @@ class Dist:
 
     def gather(self, value) -> list:
         """Every rank's value, in rank order."""
-        if self.world == 1:
-            return [value]
-        values = [None] * self.world
-        dist.all_gather_object(values, value)
+        values = [value] * self.world
+        if self.world > 1:
+            dist.all_gather_object(values, value)
         return values
 
 
@@ -629,12 +593,11 @@ def setup_processes(device_flag: str | None) -> Dist:
     device = parse_device(device_flag)
     if "WORLD_SIZE" not in os.environ:
         return Dist(device=device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, device=device)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,16 +608,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line ("error: ...") and exits with status 2."""
 
     def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def integers(text: str) -> list[int]:
-    """'1,2,3' -> [1, 2, 3], for --seeds and --n-range; '1,,2' is an error, not [1, 2]."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be integers like 1,2,3, got {text!r}") from None
+        self.exit(2, f"error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -666,10 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     source, seeds, folder = (p.add_mutually_exclusive_group(required=required)
                              for required in (True, False, False))
     source.add_argument("--task", choices=sorted(data.TASKS), help="dataset (section 5.1)")
-    source.add_argument("--train-file", help="your own data instead of --task: a .csv or .tsv "
-                        "with a header row, or a .jsonl; its distinct labels, sorted, are the classes")
-    flag("--test-file", help="with --train-file: the reported split (default: a stratified "
-         "10%% of the training file)")
+    source.add_argument("--train-file", help="your own data: .csv, .tsv (header row), .jsonl")
+    flag("--test-file", help="with --train-file: reported (default: a stratified 10%% of it)")
     flag("--dev-file", help="with --train-file: selects the epoch (default: the last epoch)")
     flag("--text-column", help="with --train-file: the text's column or key (default: text)")
     flag("--text-pair-column", help="with --train-file: the second text of a pair")
@@ -679,32 +631,31 @@ def build_parser() -> argparse.ArgumentParser:
          "the SSMix baseline; U, C, W, G: DropMix's windows of section 4.2 (default: G)")
     flag("--alpha", type=float, help="lam ~ Beta(alpha, alpha) (default: 0.1 for mixup and "
          "dropout-mixup, section 5.3; 0.25 for U, C, W, G)")
-    flag("--model", default=DEFAULT_MODEL, help="encoder: a local folder or a Hugging Face "
-         "id, e.g. the paper's bert-base-uncased (default: the packaged all-MiniLM-L6-v2)")
+    flag("--model", default=DEFAULT_MODEL, help="a folder or a Hugging Face id (the paper's: "
+         "bert-base-uncased; default: the packaged all-MiniLM-L6-v2)")
     flag("--epochs", type=int, default=5, help="training epochs (default: 5)")
     flag("--batch-size", type=int, default=32, help="examples per step and process (default: 32)")
     flag("--lr", type=float, default=2e-5, help="AdamW learning rate (default: 2e-5)")
     flag("--max-len", type=int, default=128, help="tokens per example at most (default: 128)")
-    seeds.add_argument("--seed", type=int, help="training seed: head weights, shuffling, dropout, lam; the "
-         "data splits never depend on it (default: 1)")
-    seeds.add_argument("--seeds", type=integers, help="one run per seed, e.g. 1,2,3, then mean +- std")
+    seeds.add_argument("--seed", type=int, help="training seed: head, shuffling, dropout, lam; "
+                       "never the data splits (default: 1)")
+    seeds.add_argument("--seeds", type=int, nargs="+", help="one run per seed, e.g. 1 2 3, "
+                       "then mean +- std")
     flag("--output-dir", help="each seed writes to its seed-K folder (default: runs/TASK-VARIANT)")
     flag("--data-dir", help="dataset folder (default: $DROPMIX_DATA, else ~/.cache/dropmix)")
-    flag("--train-fraction", type=float, default=1.0,
-         help="train on a stratified share of the training set (section 5.5; default: 1)")
+    flag("--train-fraction", type=float, default=1.0, help="a stratified share (section 5.5)")
     flag("--device", help="cpu, cuda or cuda:K (default: cuda when torch sees one)")
     flag("--dropout", type=float, help="dropout probability of every encoder layer (default: 0 "
          "for base and mixup, 0.1 for the others)")
-    flag("--n-range", type=integers, help="W and G: the window height n is drawn per batch from "
-         "LO,HI; one number fixes it (section 5.3; default: 2,32)")
+    flag("--n-range", type=int, nargs="+", help="W and G: the window height n is drawn per batch "
+         "from LO HI; one number fixes it (section 5.3; default: 2 32)")
     flag("--window-width", type=int, help="G: the window width d (section 4.2; default: 1)")
     flag("--span-share", type=float, help=f"ssmix: the span's share (default: {SSMIX_SPAN_SHARE})")
     flag("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
     flag("--bf16", action="store_true", help="forward passes under bf16 autocast")
-    folder.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
-    flag("--stop-after", type=int, metavar="EPOCHS", help="end this invocation once EPOCHS "
-         "epochs are done, keeping the checkpoint for --resume")
-    folder.add_argument("--overwrite", action="store_true", help="delete the run found in the output folder")
+    folder.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    flag("--stop-after", type=int, metavar="EPOCHS", help="stop after EPOCHS (then --resume)")
+    folder.add_argument("--overwrite", action="store_true", help="replace the run found there")
     flag("--no-save-model", action="store_true", help="write results.json but not the model")
     flag("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -721,9 +672,9 @@ RULES = {"alpha": POSITIVE, "lr": POSITIVE, "epochs": COUNT, "batch_size": COUNT
          "seed": SEED, "train_fraction": SHARE, "span_share": SHARE,
          "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
          "seeds": (lambda v: len(set(v)) == len(v) and all(map(SEED[0], v)),
-                   "distinct integers from 0 to 2**32 - 1, e.g. 1,2,3"),
+                   "distinct integers from 0 to 2**32 - 1, e.g. 1 2 3"),
          "n_range": (lambda v: len(v) in (1, 2) and 1 <= v[0] <= v[-1] <= 128,
-                     "LO,HI or one integer, within 1..128 with LO <= HI")}
+                     "LO HI or one integer, within 1..128 with LO <= HI")}
 # Flags that only some variants read: for any other they would change nothing, silently.
 READ_BY = {"alpha": [name for name, v in VARIANTS.items() if v.alpha is not None],
            "n_range": ["W", "G"], "window_width": ["G"], "span_share": ["ssmix"]}
@@ -737,7 +688,7 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
     for name, (test, wanted) in RULES.items():
         if (value := getattr(args, name)) is not None and not test(value):
             raise UsageError(f"--{name.replace('_', '-')} must be {wanted}, got "
-                             f"{','.join(map(str, value)) if isinstance(value, list) else value}.")
+                             f"{' '.join(map(str, value)) if isinstance(value, list) else value}.")
     for name, readers in READ_BY.items():
         if getattr(args, name) is not None and args.variant not in readers:
             raise UsageError(f"--{name.replace('_', '-')} is read only by --variant "
@@ -760,8 +711,8 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
                       window_width=args.window_width or 1, grad_accum=args.grad_accum,
                       span_share=args.span_share or SSMIX_SPAN_SHARE, bf16=args.bf16,
                       files=(args.train_file, args.test_file, args.dev_file) if own else (),
-                      columns=(args.text_column or "text", *[args.text_pair_column] * bool(
-                          args.text_pair_column), args.label_column or "label") if own else ())
+                      columns=tuple(filter(None, (args.text_column or "text", args.text_pair_column,
+                                                  args.label_column or "label"))) if own else ())
             for seed in args.seeds or [1 if args.seed is None else args.seed]]
 
 
@@ -770,15 +721,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a bad flag (status 2, said in one line) or --help (0)
         return exit_.code
+    out = None
     try:
         configs = configs_from_args(args)
         procs = setup_processes(args.device)
-        if args.task:
-            task = data.TASKS[args.task]
-            splits = data.load_task(args.task, data.resolve_data_dir(args.data_dir))
-        else:
-            task = data.own_task(*configs[0].files, configs[0].columns)
-            splits = data.load_splits(task)
+        own = args.train_file is not None  # the user's own files, or a named task
+        task = data.own_task(configs[0].files, configs[0].columns) if own else data.TASKS[args.task]
+        splits = (data.load_splits(task) if own else
+                  data.load_task(args.task, data.resolve_data_dir(args.data_dir)))
         base = Path(args.output_dir or Path("runs") / f"{configs[0].task}-{args.variant}")
         finals = []
         for config in configs:
@@ -798,12 +748,16 @@ def main(argv: list[str] | None = None) -> int:
             mean, std = statistics.mean(finals), statistics.stdev(finals)
             print(f"{configs[0].task} {args.variant}: {task.report} accuracy "
                   f"{100 * mean:.2f} +- {100 * std:.2f} over {len(finals)} seeds")
-    except (UsageError, DataError, Diverged) as error:
+    except (UsageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last epoch's checkpoint is kept (--resume)", file=sys.stderr)
-        return 130
+    except (Diverged, KeyboardInterrupt) as error:  # say what a rerun with --resume will find
+        kept = "no epoch had finished: no checkpoint is kept"
+        if out and (out / "checkpoint.pt").exists():
+            kept = f"the last finished epoch's checkpoint is kept in {out} (--resume)"
+        print(f"error: {error}; {kept}." if isinstance(error, Diverged) else f"interrupted; {kept}",
+              file=sys.stderr)
+        return 2 if isinstance(error, Diverged) else 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -29,7 +29,7 @@ import data  # noqa: E402
 from mix import ordinary_tokens, region_mask  # noqa: E402
 from patches import window_shape  # noqa: E402
 from saliency import model_inputs, saliency_map  # noqa: E402
-from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, check_max_len,  # noqa: E402
+from train import (DEFAULT_MODEL, VARIANTS, Parser, UsageError, check_model_fits,  # noqa: E402
                    default_model_dir, load_encoder, parse_device)
 
 DROPMIX_VARIANTS = [name for name, variant in VARIANTS.items() if variant.mixes == "dropmix"]
@@ -478,7 +478,7 @@ def run_figure_3a(args: argparse.Namespace, device: torch.device) -> None:
         raise UsageError("--text is empty.")
     task_labels = data.TASKS[args.task].labels if args.task else None
     tokenizer, model, labels = load_classifier(args.model, task_labels, device)
-    check_max_len(args.max_len, tokenizer, model, is_pair=False)
+    check_model_fits(tokenizer, model, args.max_len, is_pair=False)
     label = None if args.label is None else class_index(args.label, labels)
     result = sentence_analysis(model, tokenizer, args.text, args.variant, args.n,
                                args.window_width, args.lam, label, args.max_len, device)
@@ -518,7 +518,7 @@ def run_channels(args: argparse.Namespace, device: torch.device) -> None:
     if first == second:
         raise UsageError("--compare needs two different classes.")
     tokenizer, model, _ = load_classifier(args.model, label_names, device)
-    check_max_len(args.max_len, tokenizer, model, is_pair=False)
+    check_model_fits(tokenizer, model, args.max_len, is_pair=False)
     examples = splits["train"]
     if args.limit is not None and args.limit < len(examples):
         # data.subsample: stratified, with a fixed seed, so a --limit run is repeatable
