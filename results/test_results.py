@@ -7,7 +7,7 @@ encoder's fetch script) and gpu_check.sh (the CUDA tests it selects from test_dr
     python -m pytest -q test_dropmix.py results/     # with the tests of the top-level modules
 
 from the repository root. They reuse test_dropmix.py's builders (the tiny encoders, the data
-folder, the skip marks) by importing them, and build their own session fixtures from them.
+folder, the skip marks) by importing them, its fixtures included.
 Real-data tests read ../shared/data (or $DROPMIX_DATA) and are skipped, with the reason, where
 it is absent. matplotlib is an optional extra (not in requirements.txt): a test that needs a PNG
 written is skipped, with the reason, without it; the tests of what the scripts say without it
@@ -40,6 +40,8 @@ import train  # noqa: E402
 import test_dropmix  # noqa: E402
 from test_dropmix import (DATA, dropout_probabilities, needs_cuda, needs_data,  # noqa: E402
                           run_train, write_tiny_encoder)
+# test_dropmix.py's session fixtures, used here by name
+from test_dropmix import tiny_bert, tiny_mpnet, tiny_two_class_model  # noqa: E402, F401
 
 import bench  # noqa: E402
 import figures  # noqa: E402
@@ -54,31 +56,14 @@ needs_matplotlib = pytest.mark.skipif(
 
 
 # =============================================================================================
-# The tiny models these tests use, built once per session by test_dropmix.py's builder
+# The tiny models these tests use: test_dropmix.py's session fixtures (imported above), and
+# one of TREC's 6 classes built by its builder
 # =============================================================================================
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A tiny BERT encoder without a head, as train.py's --model takes a pretrained one."""
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="session")
-def tiny_two_class_model(tmp_path_factory) -> Path:
-    """A tiny BERT classifier of 2 classes, saved like train.py saves a model."""
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-2-classes"), num_labels=2)
-
 
 @pytest.fixture(scope="session")
 def tiny_trec_model(tmp_path_factory) -> Path:
     """A tiny BERT classifier of TREC's 6 classes, saved."""
     return write_tiny_encoder(tmp_path_factory.mktemp("tiny-6-classes"), num_labels=6)
-
-
-@pytest.fixture(scope="session")
-def tiny_mpnet(tmp_path_factory) -> Path:
-    """A tiny random MPNet (no token types, <s> a </s></s> b </s>), for all-mpnet-base-v2."""
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
 
 
 # =============================================================================================
