@@ -16,8 +16,8 @@ that names the file and line, instead of being cleaned up silently. The only thi
 dropped is an example whose text is blank, and each drop is said on stderr.
 
 Missing files are downloaded from their public sources and checked against the SHA-256 sums
-pinned in SHA256 before they are put in place, so a folder like ../shared/data and a fresh
-download hold the same bytes.
+pinned in SHA256 before they are put in place, so a copy made by hand and a fresh download
+hold the same bytes.
 
 Imports torch (the hub's downloader), transformers (the padding collator), scikit-learn (the
 stratified splits) and the standard library.
@@ -340,7 +340,7 @@ SOURCE_URLS: dict[str, str] = {
     "mrpc_dev_ids.tsv": _GLUE + "mrpc_dev_ids.tsv",
 }
 
-# SHA-256 of the public files, as ../shared/data/SHA256SUMS lists them. The sums are of the
+# SHA-256 of the public files, as the sources above serve them. The sums are of the
 # files read, not of the archives, so they are checked after extraction. Files missing here
 # (MNLI, QQP, QNLI's train) are accepted unchecked, with a note.
 SHA256: dict[str, str] = {
