@@ -287,6 +287,7 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     tokenizer, model = load_encoder(config.model, task.labels, config.dropout)
     torch.manual_seed(config.seed + procs.rank)
     model.to(procs.device).train()
+    # a pair task reads two text columns and a label
     check_model_fits(tokenizer, model, config.max_len, len(task.columns) == 3, config.window_width)
     train = data.encode(data.subsample(splits["train"], config.train_fraction), tokenizer,
                         config.max_len)
