@@ -151,8 +151,9 @@ def read_text(path: Path, name: str, encoding: str) -> str:
     except UnicodeDecodeError as error:
         # error.object is what the codec saw (utf-8-sig hides the BOM), so the line is right
         line = error.object.count(b"\n", 0, error.start) + 1
+        expected = "utf-8; save the file as UTF-8" if encoding.startswith("utf-8") else encoding
         raise _fail(name, line, f"byte 0x{error.object[error.start]:02X} is not valid "
-                                f"{encoding}; save the file as {encoding}") from None
+                                f"{expected}") from None
     if not text:
         raise DataError(f"{name} is empty.")
     return text
@@ -289,12 +290,13 @@ def own_task(files: tuple[str, str | None, str | None], columns: tuple[str, ...]
                             ".tsv (with a header row) or .jsonl (one JSON object per line).")
         if not Path(name).is_file():
             raise DataError(f"{name} does not exist.")
-    task = Task((), files, columns=columns)
+    # UTF-8, with or without the byte-order mark that spreadsheet programs write
+    task = Task((), files, columns=columns, encoding="utf-8-sig")
     labels = tuple(sorted({label for *_, label in read_rows(task, next(iter(files)), Path())}))
     if len(labels) < 2:
         raise DataError(f"{train} holds a single class ({labels[0]!r}); a classifier needs "
                         "examples of at least two.")
-    return Task(labels, files, columns=columns, spelled=labels)
+    return Task(labels, files, columns=columns, spelled=labels, encoding="utf-8-sig")
 
 
 def load_splits(task: Task, data_dir: Path = Path()) -> dict[str, list[Example]]:

@@ -1218,7 +1218,7 @@ def test_wrong_encoding_names_file_and_line(tmp_path):
         data.read_split(data.TASKS["trec"], "train", tmp_path)
     write(tmp_path / "glue/mrpc/train.tsv",
           b"\xef\xbb\xbfQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\t\xe9\n")
-    expected = r"glue/mrpc/train.tsv line 2: byte 0xE9 is not valid utf-8-sig"
+    expected = r"glue/mrpc/train.tsv line 2: byte 0xE9 is not valid utf-8; save the file as UTF-8"
     with pytest.raises(data.DataError, match=expected):
         data.read_split(data.TASKS["mrpc"], "train", tmp_path)
 
@@ -1858,7 +1858,10 @@ BAD_INPUTS = {
     "own test label unknown": (own_test_file("b.csv", "text,label\nso so,mid\n"),
                                "b.csv line 2: label 'mid' is not one of the training file's labels (neg, pos)."),
     "own byte": (own_file("a.csv", b"text,label\ncaf\xe9,pos\ndull,neg\n"),
-                 "a.csv line 2: byte 0xE9 is not valid utf-8; save the file as utf-8."),
+                 "a.csv line 2: byte 0xE9 is not valid utf-8; save the file as UTF-8."),
+    # a spreadsheet's byte-order mark is not part of the first column's name: the header is read
+    "own file with a BOM": (own_file("a.csv", b"\xef\xbb\xbftext,label\nfine,pos\ngood,pos\n"),
+                            "a.csv holds a single class ('pos')"),
     "own json not an object": (own_file("a.jsonl", '{"text": "fine", "label": "pos"}\n["dull", "neg"]\n'),
                                "a.jsonl line 2: is not a JSON object with the text key(s) text and the key label."),
     "own json bad": (own_file("a.jsonl", '{"text": "fine", "label": "pos"}\n{"text": "dull"\n'),
