@@ -1,6 +1,7 @@
 """Fine-tune a classifier with DropMix or one of the paper's baselines, then report.
 
     python train.py --task trec --variant G --alpha 0.25
+    python train.py --train-file reviews.csv --variant G     # your own data
 
 Paper: Kong et al., "DropMix", EMNLP 2022, sections 5.2 (the variants) and 5.3 (the settings).
 A plain PyTorch loop on a CPU, one GPU, or several GPUs or CPU processes under `torchrun`.
