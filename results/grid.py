@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -106,7 +105,7 @@ def run_grid(runs: list[Run], results_root: Path, work_dir: Path, extra: list[st
         if status != 0 or not produced.exists():
             print(f"  failed with status {status}; see {out / 'log.txt'}", flush=True)
             continue
-        replace_atomically(target, lambda tmp: shutil.copyfile(produced, tmp))  # a result file is whole or absent
+        replace_atomically(target, lambda file: file.write(produced.read_bytes()))  # a result file is whole or absent
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -123,7 +122,7 @@ def replace_block(readme: Path, block: str) -> str | None:
         return f"{readme} needs one {START} line followed by one {END} line."
     before, rest = text.split(START)
     text = before + START + "\n" + block.strip() + "\n" + END + rest.split(END)[1]
-    replace_atomically(readme, lambda tmp: tmp.write_text(text))
+    replace_atomically(readme, lambda file: file.write(text.encode()))
     return None
 
 
