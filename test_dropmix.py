@@ -961,7 +961,6 @@ EXPECTED_SPLITS = {
     "sst2": (67349, None, 872, [29780, 37569], [428, 444]),
     "mrpc": (3668, None, 408, [1194, 2474], [129, 279]),
     "rte": (2490, None, 277, [1249, 1241], [146, 131]),
-    "cola": (8551, None, 1043, [2528, 6023], [322, 721]),
 }
 
 # task -> (split list, index, expected example)
@@ -980,8 +979,6 @@ KNOWN_EXAMPLES = {
     "rte": ("train", 0, data.Example(
         "No Weapons of Mass Destruction Found in Iraq Yet.",
         "Weapons of Mass Destruction Found in Iraq.", 1)),
-    "cola": ("train", 0, data.Example(
-        "Our friends won't buy this analysis, let alone the next one we propose.", None, 1)),
 }
 
 
@@ -1183,8 +1180,8 @@ def test_qnli_train_official_format(tmp_path):
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ("0 fine\nx bad label\n", "line 2: label 'x' is not one of 0..5"),
-        ("0 fine\n7 out of range\n", "line 2: label '7' is not one of 0..5"),
+        ("0 fine\nx bad label\n", "line 2: label 'x' is not one of 0, 1, 2, 3, 4, 5"),
+        ("0 fine\n7 out of range\n", "line 2: label '7' is not one of 0, 1, 2, 3, 4, 5"),
         ("0 fine\n1\n", "line 2: expected 2 fields, found 1"),  # no space after the label
         ("0 fine\n\n1 after an empty line\n", "line 2: expected 2 fields, found 1"),
     ],
@@ -1228,10 +1225,10 @@ def test_own_files_csv_tsv_and_jsonl_read_alike(tmp_path, capsys):
             data.Example("ok", "z", 0)]
 
 
-def test_cola_has_no_header_and_needs_no_final_newline(tmp_path):
-    write(tmp_path / "glue/cola/dev.tsv", "gj04\t0\t*\tThey drank the pub.\ngj04\t1\t\tOk.")
-    dev = data.read_split(data.TASKS["cola"], "dev", tmp_path)
-    assert dev == [data.Example("They drank the pub.", None, 0), data.Example("Ok.", None, 1)]
+def test_a_line_file_keeps_its_text_as_written_and_needs_no_final_newline(tmp_path):
+    write(tmp_path / "trec/TREC.test.all", "0 They drank  the pub. \n5 Ok.")
+    test = data.read_split(data.TASKS["trec"], "test", tmp_path)
+    assert test == [data.Example("They drank  the pub. ", None, 0), data.Example("Ok.", None, 5)]
 
 
 def test_wrong_encoding_names_file_and_line(tmp_path):
@@ -1261,12 +1258,11 @@ def test_blank_examples_dropped_with_warning(tmp_path, capsys):
     assert "glue/rte/train.tsv line 2: blank example dropped" in capsys.readouterr().err
 
 
-def test_unknown_task_lists_known_ones(tmp_path):
-    with pytest.raises(data.DataError, match="Unknown task 'sst3'.*trec, sst1"):
-        data.load_task("sst3", tmp_path)
+def test_the_known_tasks():
+    # (the command line offers exactly these: argparse's choices)
     assert set(data.TASKS) == {
         "trec", "sst1", "sst2", "sst2-sent", "mr", "cr", "subj", "mpqa",
-        "mrpc", "rte", "qnli", "mnli", "qqp", "cola",
+        "mrpc", "rte", "qnli", "mnli", "qqp",
     }
 
 
@@ -1502,7 +1498,7 @@ def test_a_checkpoint_with_another_head_size_starts_a_new_head(tiny_two_class_mo
                                                                capsys):
     out = tmp_path / "run"
     assert tiny_run(tiny_two_class_model, out, "--variant", "dropout") == 0
-    assert "has a head of 2 classes; starting a new head of 6" in capsys.readouterr().out
+    assert f"{tiny_two_class_model}'s head is of another size: a new head of 6 classes" in capsys.readouterr().out
     saved = json.loads((out / "seed-1" / "model" / "config.json").read_text())
     assert list(saved["id2label"].values()) == list(data.TASKS["trec"].labels)
     assert saved["hidden_dropout_prob"] == 0.1 and saved["classifier_dropout"] == 0.1
@@ -1855,8 +1851,7 @@ def test_bf16_and_gradient_accumulation_train(tiny_bert, tmp_path, flags, monkey
     said = capsys.readouterr()
     assert f"64 train, 500 test; {4 if bf16 else 2} steps per epoch on cpu" in said.out
     # bf16 on a CPU runs, and says that it may be slow
-    assert said.err == ("warning: --bf16 on a CPU: torch's bf16 autocast can make a step tens of "
-                        "times slower there than float32\n" if bf16 else "")
+    assert said.err == ("warning: --bf16 on a CPU can make a step tens of times slower\n" if bf16 else "")
     results = results_of(tmp_path / "run")
     assert (results["config"]["bf16"], results["config"]["grad_accum"]) == (bf16, 1 if bf16 else 2)
     (epoch,) = results["epochs"]
@@ -2091,7 +2086,7 @@ BAD_INPUTS = {
     "partner": (("--variant", "C", "--batch-size", "1"), "needs >= 2"),
     "width": (("--variant", "G", "--window-width", "33"), "--window-width 33 is wider than the model's 32 channels."),
     "empty subsample": (("--train-fraction", "0.0001"), "cannot keep all 6 classes"),
-    "max-len": (("--max-len", "2"), "--max-len 2 leaves no room for words"),
+    "max-len": (("--max-len", "7"), "--max-len must be at least 8, got 7."),
     "positions": (("--max-len", "200"), "longer than the model's 128 positions"),
     "device meta": (("--device", "meta"), "--device meta is not one this trainer runs on: cpu, cuda or cuda:K."),
     "device mps": (("--device", "mps"), "--device mps is not one this trainer runs on"),
@@ -2109,16 +2104,17 @@ BAD_INPUTS = {
     "model is a file": (a_file, "model.bin is a file: it takes a folder that save_pretrained wrote"),
     "model folder empty": (an_empty_folder, "empty-model is a folder without config.json: it takes a folder"),
     "model weights cut": (model_copy_with_cut_weights, "cut-model': "),
-    "model hub offline": (no_hub, ("--model no-such-model-anywhere is neither a folder nor in the "
-                                   "Hugging Face cache, and HF_HUB_OFFLINE is set.")),
+    "model hub offline": (no_hub, ("cannot load the model 'no-such-model-anywhere': We couldn't connect to "
+                                   "'https://huggingface.co' to load the files, and couldn't find them in the "
+                                   "cached files.")),
     "checkpoint cut": (damaged_checkpoint(0.4), "checkpoint.pt is damaged ("),
     "checkpoint empty": (damaged_checkpoint(0.0), "checkpoint.pt is damaged ("),
     "finished run": (a_finished_run(), "holds a finished run; pass --overwrite to replace it."),
     "resume and overwrite": (a_finished_run("--resume", "--overwrite"),
                              "argument --overwrite: not allowed with argument --resume"),
     "resume a finished run with other flags": (a_finished_run_of_other_flags,
-                                               "seed-1 holds a finished run of other flags; use another "
-                                               "--output-dir, or --overwrite to replace it."),
+                                               "seed-1 holds a finished run of other flags (--overwrite "
+                                               "replaces it)."),
     "unwritable output": (output_under_a_file, "cannot write to the output folder"),
     # a named task is the published benchmark: an edited copy of one of its files is refused
     # (its malformed lines, bytes and labels get their sentences in the data tests above)
@@ -2154,7 +2150,7 @@ BAD_INPUTS = {
     "own test file missing": (own_file("a.csv", CSV, "--test-file", "/no/such.tsv"),
                               "/no/such.tsv does not exist."),
     "own test label unknown": (own_test_file("b.csv", "text,label\nso so,mid\n"),
-                               "b.csv line 2: label 'mid' is not one of the training file's labels (neg, pos)."),
+                               "b.csv line 2: label 'mid' is not one of neg, pos."),
     "own byte": (own_file("a.csv", b"text,label\ncaf\xe9,pos\ndull,neg\n"),
                  "a.csv line 2: byte 0xE9 is not valid utf-8; save the file as UTF-8."),
     # a spreadsheet's byte-order mark is not part of the first column's name: the header is read

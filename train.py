@@ -108,6 +108,7 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------
 
 def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` if `bf16`, else nothing."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
@@ -144,11 +145,10 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
     # DDP all-reduces gradients in every backward pass run outside model.no_sync()
     no_sync = getattr(model, "no_sync", contextlib.nullcontext)  # a DDP model's, else nothing
     reducing = contextlib.nullcontext if reduce else no_sync
-    device = batch["input_ids"].device
     if not VARIANTS[config.variant].mixes or len(batch["labels"]) < 2:
         # base and dropout; and a final batch of one, which has no partner to mix with
         with reducing():
-            with autocast(device, config.bf16):
+            with autocast(batch["input_ids"].device, config.bf16):
                 logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
             loss = F.cross_entropy(logits.float(), batch["labels"])
             (loss * loss_scale).backward()
@@ -162,7 +162,7 @@ def train_step(config: RunConfig, model, batch: dict, loss_scale: float = 1.0,
     # 2. The mixed batch from I_A, and L_mixed / 2 backward
     with reducing():
         kwargs, r, unmixed = mixed_inputs(config, model, batch, saliency.float())
-        with autocast(device, config.bf16):
+        with autocast(batch["input_ids"].device, config.bf16):
             logits = model(**kwargs).logits
         # eq. 6: L_mixed = mean over the batch of (1 - r) CE(logits, Y_A) + r CE(logits, Y_B)
         loss_mixed = mixed_cross_entropy(logits, batch["labels"], partner(batch["labels"]), r)
@@ -186,8 +186,7 @@ def train_epoch(config: RunConfig, model, optimizer, scheduler, loader: DataLoad
     """One pass over the loader, a step per config.grad_accum batches; the epoch's record."""
     K, batches, device = config.grad_accum, len(loader), next(model.parameters()).device
     started, totals = time.perf_counter(), Counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
     for i, batch in enumerate(bar):
         batch = {key: value.to(device) for key, value in batch.items()}
         first = i - i % K                       # batches first .. first + group - 1: one step;
@@ -235,11 +234,10 @@ def run_folder(out: Path, main: bool = True):
                 tempfile.TemporaryFile(dir=out).close()  # writable now, not after an epoch
                 lock = os.open(out, os.O_RDONLY)
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:  # BlockingIOError: another process holds the lock
             raise DataError(f"another run is writing to {out}; wait for it to end, or choose "
-                            "another --output-dir.") from None
-        except OSError as error:
-            raise DataError(f"cannot write to the output folder {out}: {error.strerror}.") from None
+                            "another --output-dir." if isinstance(error, BlockingIOError) else
+                            f"cannot write to the output folder {out}: {error.strerror}.") from None
         yield
     except BaseException:
         for path in made:  # deepest first, and only if still empty
@@ -275,9 +273,10 @@ def replace_atomically(path: Path, write, folder: bool = False) -> None:
             os.replace(tmp, path)
     except Exception as error:  # noqa: BLE001 (an OSError, or torch's or safetensors' over one)
         remove(tmp)
+        # (torch's writer raises a RuntimeError over the OSError that says what went wrong, or
+        # the file's own close raises the OSError over torch's)
         cause = error.__context__ if isinstance(error.__context__, OSError) else error
-        raise DataError(f"cannot write {path}: "
-                        f"{getattr(cause, 'strerror', None) or first_line(cause)}.") from None
+        raise DataError(f"cannot write {path}: {first_line(cause)}.") from None
 
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> str:
@@ -321,8 +320,7 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     if state == "finished":  # and --resume: said once more, if it is this run
         results = json.loads((out / "results.json").read_text())
         if results.get("config") != json.loads(json.dumps(asdict(config))):
-            raise DataError(f"{out} holds a finished run of other flags; use another "
-                            "--output-dir, or --overwrite to replace it.")
+            raise DataError(f"{out} holds a finished run of other flags (--overwrite replaces it).")
         procs.say(f"{out}: already finished")
         return results
     random.seed(config.seed + procs.rank)      # ranks draw different dropout masks and lam...
@@ -330,8 +328,7 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     tokenizer, model = load_encoder(config.model, task.labels, config.dropout)
     torch.manual_seed(config.seed + procs.rank)
     model.to(procs.device).train()
-    # a pair task reads two text columns and a label
-    check_model_fits(tokenizer, model, config.max_len, len(task.columns) == 3, config.window_width)
+    check_model_fits(tokenizer, model, config.max_len, config.window_width)
     train = data.encode(data.subsample(splits["train"], config.train_fraction), tokenizer,
                         config.max_len)
     # evaluated: the split that selects the epoch (if any), then the reported one
@@ -345,9 +342,8 @@ def train_run(config: RunConfig, task: data.Task, splits: dict, out: Path, procs
     loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     optimizer, scheduler = build_optimizer(model, config, steps_per_epoch * config.epochs)
-    if procs.world > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[procs.device] if procs.device.type == "cuda" else None)
+    # (DDP's device_ids left to None, also on a GPU: the module's one device)
+    model = DistributedDataParallel(model) if procs.world > 1 else model
     plain = getattr(model, "module", model)  # the model itself, inside DDP
     history, best = [], {"epoch": None, "score": -math.inf}
     if state == "resume":
@@ -463,8 +459,10 @@ def default_model_dir() -> Path:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of a library's error message (or its type, when it has none)."""
-    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":.")
+    """The first line of a library's error message (an OSError's reason without its number,
+    or the error's type when it has no message)."""
+    return (getattr(error, "strerror", None) or str(error).strip()
+            or type(error).__name__).splitlines()[0].rstrip(":.")
 
 
 def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
@@ -496,7 +494,6 @@ def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
     try:  # a damaged folder fails somewhere in the libraries below: each failure is one sentence
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         config = AutoConfig.from_pretrained(source, local_files_only=local)
-        classes = config.num_labels  # of the checkpoint's head, if it has one
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
         for field_name, value in config.to_dict().items():
@@ -509,14 +506,13 @@ def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
         raise DataError(f"cannot load the model {name!r}: {first_line(error)}.") from None
     # Only the head may be new: an encoder weight that is missing or of another shape means
     # that these weights are not this config's encoder (RoBERTa's weights under a BERT config)
-    wrong = sorted(key for key in [*loaded["missing_keys"], *(k for k, *_ in loaded["mismatched_keys"])]
-                   if key.startswith(model.base_model_prefix + "."))
+    changed = {*loaded["missing_keys"], *(key for key, *_ in loaded["mismatched_keys"])}
+    wrong = sorted(key for key in changed if key.startswith(model.base_model_prefix + "."))
     if wrong:
         raise DataError(f"cannot load the model {name!r}: {len(wrong)} of its encoder's weights "
                         f"are missing or of another shape, e.g. {wrong[0]}.")
-    if loaded["mismatched_keys"]:  # the head's, then
-        print(f"{name} has a head of {classes} classes; starting a new head of {len(labels)} for "
-              "this task", flush=True)
+    if loaded["mismatched_keys"]:  # the head's, then: a checkpoint fine-tuned on another task
+        print(f"{name}'s head is of another size: a new head of {len(labels)} classes", flush=True)
     set_dropout(model, dropout)  # also a layer that reads a field without "dropout" in its name
     return tokenizer, model
 
@@ -532,16 +528,10 @@ class UsageError(Exception):
     """A problem with what the user asked for: one sentence, exit status 2."""
 
 
-def check_model_fits(tokenizer, model, max_len: int, is_pair: bool, window_width: int = 1) -> None:
-    """The flags that depend on the encoder, checked before the first step: --max-len must
-    leave room for a word of each text beside the special tokens and fit the model's position
-    table; G's --window-width must fit the embedding."""
-    specials = tokenizer.num_special_tokens_to_add(pair=is_pair)
-    least = specials + (2 if is_pair else 1)
-    if max_len < least:
-        raise UsageError(f"--max-len {max_len} leaves no room for words: the tokenizer adds "
-                         f"{specials} special tokens to each {'pair' if is_pair else 'text'}, "
-                         f"so it must be at least {least}.")
+def check_model_fits(tokenizer, model, max_len: int, window_width: int = 1) -> None:
+    """The flags that depend on the encoder, checked before the first step: --max-len must fit
+    the model's position table, G's --window-width its embedding, and the tokenizer's ids its
+    embedding table."""
     # RoBERTa's table holds 2 more rows than it takes tokens; its tokenizer knows the limit
     positions = min(getattr(model.config, "max_position_embeddings", math.inf),
                     getattr(tokenizer, "model_max_length", math.inf))
@@ -564,9 +554,8 @@ def predict(model: torch.nn.Module, encoded: list[dict], collate, procs: Dist,
     """Predicted class of every example, in order. Each process predicts every world-th
     example (no padding, so nothing is counted twice) and they are put back in order."""
     model.eval()
-    shard = encoded[procs.rank::procs.world]
     predictions: list[int] = []
-    for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
+    for batch in DataLoader(encoded[procs.rank::procs.world], batch_size, collate_fn=collate):
         batch = {k: v.to(procs.device) for k, v in batch.items()}
         with autocast(procs.device, bf16):
             logits = model(input_ids=batch["input_ids"], **model_inputs(batch)).logits
@@ -693,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--train-fraction", type=float, default=1.0, help="a stratified share (section 5.5)")
     flag("--device", help="cpu, cuda or cuda:K (default: cuda when torch sees one)")
     flag("--dropout", type=float, help="every dropout layer's p (default: 0 base, mixup; else 0.1)")
-    flag("--n-range", type=int, nargs="+", help="W, G: n drawn from LO HI per batch (default: 2 32)")
+    flag("--n-range", type=int, nargs="+", help="W, G: n drawn in LO HI per batch (default: 2 32)")
     flag("--window-width", type=int, help="G: the window width d (section 4.2; default: 1)")
     flag("--span-share", type=float, help=f"ssmix: the span's share (default: {SSMIX_SPAN_SHARE})")
     flag("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
@@ -706,18 +695,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The rule of every flag that takes a number: (test, what it must be). A flag left unset is
-# None and passes, so `inf`, `nan` or a seed of 23 digits is one sentence, not a traceback.
-POSITIVE = (lambda v: 0 < v < math.inf, "a positive finite number")
+# The rule of every flag that takes a value: (test, what it must be). A flag left unset is
+# None and passes, so `inf`, `nan`, a seed of 23 digits or an empty name is one sentence.
 COUNT = (lambda v: v >= 1, "a positive integer")
 SEED = (lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
 SHARE = (lambda v: 0 < v <= 1, "in (0, 1]")
-RULES = {"lr": POSITIVE,
+RULES = {"lr": (lambda v: 0 < v < math.inf, "a positive finite number"), "epochs": COUNT,
          # torch's float32 Beta(alpha, alpha) is wrong below 0.01: at 0.001 it draws lam = 0.5 a
          # quarter of the time (the true share is 0.02%); at 1e6, lam is 0.5 to within 0.001
-         "alpha": (lambda v: 0.01 <= v <= 1e6, "from 0.01 to 1e6"), "epochs": COUNT, "batch_size": COUNT,
-         "max_len": COUNT, "grad_accum": COUNT, "stop_after": COUNT, "window_width": COUNT,
-         "seed": SEED, "train_fraction": SHARE, "span_share": SHARE,
+         "alpha": (lambda v: 0.01 <= v <= 1e6, "from 0.01 to 1e6"), "batch_size": COUNT,
+         # room for a pair's special tokens (BERT 3, RoBERTa 4) and a word of each text
+         "max_len": (lambda v: v >= 8, "at least 8"), "grad_accum": COUNT, "stop_after": COUNT,
+         "window_width": COUNT, "seed": SEED, "train_fraction": SHARE, "span_share": SHARE,
          "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
          "seeds": (lambda v: len(set(v)) == len(v) and all(map(SEED[0], v)),
                    "distinct integers from 0 to 2**32 - 1, e.g. 1 2 3"),
@@ -738,7 +727,7 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
     """The flags checked against the rules above (one sentence each); one RunConfig per seed."""
     for name, (test, wanted) in RULES.items():
         if (value := getattr(args, name)) is not None and not test(value):
-            shown = " ".join(map(str, value)) if isinstance(value, list) else value or "''"
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value) or "''"
             raise UsageError(f"--{name.replace('_', '-')} must be {wanted}, got {shown}.")
     for name, readers in READ_BY.items():
         if getattr(args, name) is not None and args.variant not in readers:
@@ -754,9 +743,9 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
                          "pairs each example with another one of its batch, so it needs >= 2.")
     own = args.train_file is not None
     return [RunConfig(task=args.task or Path(args.train_file).stem, variant=args.variant,
-                      alpha=args.alpha or variant.alpha,
-                      model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      max_len=args.max_len, seed=seed, train_fraction=args.train_fraction,
+                      alpha=args.alpha or variant.alpha, model=args.model, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, max_len=args.max_len, seed=seed,
+                      train_fraction=args.train_fraction,
                       dropout=variant.dropout if args.dropout is None else args.dropout,
                       n_range=tuple((args.n_range * 2)[-2:]) if args.n_range else N_RANGE,
                       window_width=args.window_width or 1, grad_accum=args.grad_accum,

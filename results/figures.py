@@ -460,6 +460,8 @@ def check_mask_settings(args: argparse.Namespace) -> None:
         raise UsageError(f"--lam must be in [0, 1], got {args.lam}.")
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}.")
+    if args.max_len < 8:  # train.py's floor: room for the special tokens and words
+        raise UsageError(f"--max-len must be at least 8, got {args.max_len}.")
 
 
 def writable_path(path: Path, what: str) -> Path:
@@ -478,7 +480,7 @@ def run_figure_3a(args: argparse.Namespace, device: torch.device) -> None:
         raise UsageError("--text is empty.")
     task_labels = data.TASKS[args.task].labels if args.task else None
     tokenizer, model, labels = load_classifier(args.model, task_labels, device)
-    check_model_fits(tokenizer, model, args.max_len, is_pair=False)
+    check_model_fits(tokenizer, model, args.max_len)
     label = None if args.label is None else class_index(args.label, labels)
     result = sentence_analysis(model, tokenizer, args.text, args.variant, args.n,
                                args.window_width, args.lam, label, args.max_len, device)
@@ -518,7 +520,7 @@ def run_channels(args: argparse.Namespace, device: torch.device) -> None:
     if first == second:
         raise UsageError("--compare needs two different classes.")
     tokenizer, model, _ = load_classifier(args.model, label_names, device)
-    check_model_fits(tokenizer, model, args.max_len, is_pair=False)
+    check_model_fits(tokenizer, model, args.max_len)
     examples = splits["train"]
     if args.limit is not None and args.limit < len(examples):
         # data.subsample: stratified, with a fixed seed, so a --limit run is repeatable

@@ -122,7 +122,10 @@ def replace_block(readme: Path, block: str) -> str | None:
         return f"{readme} needs one {START} line followed by one {END} line."
     before, rest = text.split(START)
     text = before + START + "\n" + block.strip() + "\n" + END + rest.split(END)[1]
-    replace_atomically(readme, lambda file: file.write(text.encode()))
+    try:
+        replace_atomically(readme, lambda file: file.write(text.encode()))
+    except summary.DataError as error:  # a full disk, say: one sentence
+        return str(error)
     return None
 
 
@@ -140,7 +143,7 @@ def update_readme(results_root: Path, runs: list[Run], readme: Path) -> str | No
         by_epoch = summary.epoch_table(folders, LONG_EPOCHS)
         figure = readme.resolve().parent / "long-schedule.png"
         print(summary.plot_epochs(folders, LONG_EPOCHS, EPOCHS[1.0], figure))
-    except summary.UsageError as error:
+    except (summary.UsageError, summary.DataError) as error:
         return str(error)
     done = sum((results_root / r.task / f"{r.name}.json").exists() for r in runs)
     status = (f"**Status: {done} of the grid's {len(runs)} runs are finished** (every table "

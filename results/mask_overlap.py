@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table, end="")
     if args.out is not None:
-        replace_atomically(Path(args.out), lambda tmp: tmp.write_text(table))
+        try:
+            replace_atomically(Path(args.out), lambda file: file.write(table.encode()))
+        except data.DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"wrote {args.out}")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the top-level modules
 
+from data import DataError  # noqa: E402
 from train import DEFAULT_MODEL, VARIANTS, UsageError, replace_atomically  # noqa: E402
 
 # Table 3 of the paper (bert-base-uncased, 5 seeds), for orientation beside our numbers, which
@@ -494,7 +495,7 @@ def summarize(folder: Path, curve_epochs: dict[float, int] | None = None) -> str
     settings = collect_results(folder)
     lines = curve_points(settings, curve_epochs)
     tables = format_tables(settings, lines)
-    replace_atomically(folder / "summary.md", lambda tmp: tmp.write_text(tables))
+    replace_atomically(folder / "summary.md", lambda file: file.write(tables.encode()))
     print(f"wrote {folder / 'summary.md'}; " + plot_curve(lines, folder / "curve.png"))
     return tables
 
@@ -510,9 +511,9 @@ def main(argv: list[str] | None = None) -> int:
             print(summarize(folder))
         if args.cross_task is not None:
             table = cross_task_table(args.folders)
-            replace_atomically(Path(args.cross_task), lambda tmp: tmp.write_text(table))
+            replace_atomically(Path(args.cross_task), lambda file: file.write(table.encode()))
             print(table + f"wrote {args.cross_task}")
-    except UsageError as error:
+    except (UsageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
