@@ -1705,8 +1705,14 @@ def test_a_killed_runs_temporary_files_are_swept_at_the_next_start(tiny_bert, tm
     (folder / "checkpoint.pt.tmp").write_bytes(b"")
     (folder / "results.json.tmp").write_text("{")
     shutil.copytree(folder / "model", folder / "model.tmp")
-    assert tiny_run(tiny_bert, out, *run, "--resume") == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["model", "results.json"]
+    # the next start sweeps them, before anything is written (here: nothing is, yet)
+    assert tiny_run(tiny_bert, out, *run, "--resume", "--stop-after", "1") == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "model"]
+    # and a new run in that folder starts in an empty one: a killed first epoch's model too
+    (folder / "checkpoint.pt").unlink()
+    (folder / "checkpoint.pt.tmp").write_bytes(b"")
+    assert tiny_run(tiny_bert, out, *run, "--no-save-model") == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["results.json"]
 
 
 def fail_writing(monkeypatch, name: str, nth: int) -> None:
