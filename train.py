@@ -689,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--bf16", action="store_true", help="forward passes under bf16 autocast")
     folder.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     flag("--stop-after", type=int, metavar="EPOCHS", help="stop after EPOCHS (then --resume)")
-    folder.add_argument("--overwrite", action="store_true", help="replace the run found there")
+    folder.add_argument("--overwrite", action="store_true", help="delete the run found there first")
     flag("--no-save-model", action="store_true", help="write results.json but not the model")
     flag("--no-progress", action="store_true", help="no progress bars")
     return p
