@@ -251,7 +251,7 @@ def run_folder(out: Path, main: bool = True):
 
 def remove(path: Path) -> None:
     """A file or a folder, if it is there."""
-    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def replace_atomically(path: Path, write, folder: bool = False) -> None:
@@ -476,7 +476,7 @@ def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
     hidden_dropout_prob, DistilBERT's dropout and seq_classif_dropout, ALBERT's
     classifier_dropout_prob, ...), so every field with "dropout" in its name is set, which the
     saved config records. A checkpoint whose head has another number of classes keeps its
-    encoder and gets a new head of the task's size.
+    encoder and gets a new head of the task's size; every encoder weight must load.
     """
     from huggingface_hub import try_to_load_from_cache
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -505,9 +505,10 @@ def load_encoder(name: str, labels: tuple[str, ...], dropout: float):
     except Exception as error:  # noqa: BLE001
         raise DataError(f"cannot load the model {name!r}: {first_line(error)}.") from None
     # Only the head may be new: an encoder weight that is missing or of another shape means
-    # that these weights are not this config's encoder (RoBERTa's weights under a BERT config)
-    changed = {*loaded["missing_keys"], *(key for key, *_ in loaded["mismatched_keys"])}
-    wrong = sorted(key for key in changed if key.startswith(model.base_model_prefix + "."))
+    # that these weights are not this config's encoder (RoBERTa's weights under a BERT config).
+    # BERT's pooler counts as the head's (only the head reads it; a masked LM saves none).
+    new = {*loaded["missing_keys"], *(key for key, *_ in loaded["mismatched_keys"])}
+    wrong = sorted(k for k in new if k.startswith(model.base_model_prefix) and "pooler" not in k)
     if wrong:
         raise DataError(f"cannot load the model {name!r}: {len(wrong)} of its encoder's weights "
                         f"are missing or of another shape, e.g. {wrong[0]}.")
