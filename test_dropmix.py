@@ -1833,6 +1833,18 @@ def test_a_masked_lm_checkpoint_without_a_pooler_loads(tmp_path):
     assert torch.equal(model.state_dict()[name], saved[name])
 
 
+def test_a_run_refused_by_the_lock_leaves_the_other_runs_empty_folder(tmp_path, monkeypatch):
+    out = tmp_path / "runs/seed-1"
+    with train.run_folder(out):  # the other run: it made the folder and has written nothing yet
+        # this run looked before the other one made the folder, so it counts it as its own
+        monkeypatch.setattr(train.os.path, "exists", lambda path: False)
+        with pytest.raises(data.DataError, match="another run is writing to"):
+            with train.run_folder(out):
+                pass
+        monkeypatch.undo()
+        assert out.is_dir()
+
+
 def test_load_encoder_leaves_transformers_logging_as_it_found_it(tiny_bert):
     from transformers.utils import logging as hf_logging
     before = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -72,7 +72,6 @@ VARIANTS: dict[str, Variant] = {
     # 0.1, 0.25, 0.5, 1} without saying which it kept; 0.25 is ours.
     **{name: Variant("dropmix", 0.25, 0.1) for name in WINDOWS},
 }
-SSMIX_SPAN_SHARE = 0.1  # SSMix's published setting: the span is 10% of the tokens
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class RunConfig:
     dropout: float
     n_range: tuple[int, int]
     window_width: int
-    span_share: float
+    span_share: float           # SSMix's span share; its published setting, 0.1, by default
     grad_accum: int
     bf16: bool
     weight_decay: float = 0.01
@@ -234,7 +233,8 @@ def run_folder(out: Path, main: bool = True):
                 tempfile.TemporaryFile(dir=out).close()  # writable now, not after an epoch
                 lock = os.open(out, os.O_RDONLY)
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:  # BlockingIOError: another process holds the lock
+        except OSError as error:  # BlockingIOError: another process holds the lock...
+            made = made if lock is None else []  # ...and the folder, even empty, is its run's
             raise DataError(f"another run is writing to {out}; wait for it to end, or choose "
                             "another --output-dir." if isinstance(error, BlockingIOError) else
                             f"cannot write to the output folder {out}: {error.strerror}.") from None
@@ -685,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--dropout", type=float, help="every dropout layer's p (default: 0 base, mixup; else 0.1)")
     flag("--n-range", type=int, nargs="+", help="W, G: n drawn in LO HI per batch (default: 2 32)")
     flag("--window-width", type=int, help="G: the window width d (section 4.2; default: 1)")
-    flag("--span-share", type=float, help=f"ssmix: the span's share (default: {SSMIX_SPAN_SHARE})")
+    flag("--span-share", type=float, help="ssmix: the span's share (default: 0.1)")
     flag("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
     flag("--bf16", action="store_true", help="forward passes under bf16 autocast")
     folder.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -750,7 +750,7 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
                       dropout=variant.dropout if args.dropout is None else args.dropout,
                       n_range=tuple((args.n_range * 2)[-2:]) if args.n_range else N_RANGE,
                       window_width=args.window_width or 1, grad_accum=args.grad_accum,
-                      span_share=args.span_share or SSMIX_SPAN_SHARE, bf16=args.bf16,
+                      span_share=args.span_share or 0.1, bf16=args.bf16,
                       files=(args.train_file, args.test_file, args.dev_file) if own else (),
                       columns=tuple(filter(None, (args.text_column or "text", args.text_pair_column,
                                                   args.label_column or "label"))) if own else ())
