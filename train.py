@@ -771,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = configs_from_args(args)
         procs = setup_processes(args.device)
         if args.bf16 and procs.device.type == "cpu":
-            print("warning: --bf16 on a CPU can make a step tens of times slower", file=sys.stderr)
+            print("warning: --bf16 on a CPU can make a step many times slower", file=sys.stderr)
         own = configs[0].files  # the user's own files, or a named task
         task = data.own_task(own, configs[0].columns) if own else data.TASKS[args.task]
         splits = (data.load_splits(task) if own else
