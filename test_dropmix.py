@@ -1522,6 +1522,15 @@ def saved_weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
+def same_finished_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same results (but for the time taken) and the same weights."""
+    ra, rb = results_of(a), results_of(b)
+    assert ra["final"] == rb["final"] and ra["config"] == rb["config"]
+    assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
+    wa, wb = saved_weights(a / "seed-1/model"), saved_weights(b / "seed-1/model")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @needs_data
 def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_path, capsys):
     flags = ("--variant", "G", "--epochs", "2")
@@ -1530,12 +1539,7 @@ def test_resume_gives_the_same_weights_and_metrics_bit_for_bit(tiny_bert, tmp_pa
     assert (tmp_path / "halves/seed-1/checkpoint.pt").exists()
     assert not (tmp_path / "halves/seed-1/results.json").exists()
     assert tiny_run(tiny_bert, tmp_path / "halves", *flags, "--resume") == 0
-    a, b = results_of(tmp_path / "straight"), results_of(tmp_path / "halves")
-    for key in ("final", "config"):
-        assert a[key] == b[key]
-    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
-    wa, wb = saved_weights(tmp_path / "straight/seed-1/model"), saved_weights(tmp_path / "halves/seed-1/model")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    same_finished_run(tmp_path / "straight", tmp_path / "halves")
 
 
 # The golden run: two short runs of the default encoder on 2% of TREC (109 questions, 4 steps
@@ -1729,15 +1733,6 @@ def fail_writing(monkeypatch, name: str, nth: int) -> None:
             return real(path, write_then_fail, folder)
         return real(path, write, folder)
     monkeypatch.setattr(train, "replace_atomically", replace_atomically)
-
-
-def same_finished_run(a: Path, b: Path) -> None:
-    """Two run folders hold the same results (but for the time taken) and the same weights."""
-    ra, rb = results_of(a), results_of(b)
-    assert ra["final"] == rb["final"] and ra["config"] == rb["config"]
-    assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
-    wa, wb = saved_weights(a / "seed-1/model"), saved_weights(b / "seed-1/model")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @needs_data
